@@ -1,0 +1,206 @@
+"""What a model family must say about itself. Everything family-specific lives in one subclass per file.
+
+The trainer, the sampling loop, the losses, localization and the CLIs talk to a model only through
+this interface: where the erasers sit, how prompts become transformer conditioning, which tokens of
+the text sequence a prompt occupies, how a trajectory runs, which module's output the losses compare,
+and how to read the attention of video tokens over text tokens for the localization mask.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..erasers.wrapper import EraserLayout
+from ..errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+class ModelFamily:
+    """Base class; see ``cogvideox.py`` for a complete example."""
+
+    name: str = ""                       # e.g. "cogvideox"; used in flags and eraser_config.json
+    display_name: str = ""               # e.g. "CogVideoX"; used in messages
+    pipeline_classes: tuple = ()         # model_index.json _class_name values that mean this family
+    layout: EraserLayout = None          # where the erasers sit
+    default_loss_target: str = "ff"      # "ff" (final block's feed-forward, video rows), "ff_all" or "velocity"
+    loss_targets: tuple = ("ff", "ff_all", "velocity")
+    latent_layout: str = "BFCHW"         # or "BCFHW": where the frame axis sits in the latents
+    # Memory model (receler/estimate_memory.py): activations a block keeps for backward and the working memory
+    # of one recomputed block, in units of tokens x width elements; fitted to H100 measurements (DESIGN.md §4).
+    memory_saved_per_block: float = 14.5
+    memory_backward_transient: float = 12.5
+
+    # ------------------------------------------------------------------------------------ loading
+    def pipeline_class(self):
+        raise NotImplementedError
+
+    def load_pipeline(self, model_path, dtype=torch.float32, with_vae: bool = True, with_text_encoder: bool = True,
+                      with_transformer: bool = True):
+        """Load the diffusers pipeline from a local folder (never downloads).
+
+        Without the transformer (e.g. to encode prompts only), ``pipe.transformer`` is a stand-in holding
+        just its ``config``, which some families read the text length from.
+        """
+        check_model_folder(model_path)
+        skip = {}
+        if not with_vae:
+            skip["vae"] = None
+        if not with_text_encoder:
+            skip.update({name: None for name in self.text_encoder_names()})
+        if not with_transformer:
+            skip["transformer"] = None
+        try:
+            pipe = self.pipeline_class().from_pretrained(str(model_path), dtype=dtype, local_files_only=True, **skip)
+        except (OSError, ValueError) as err:
+            raise UserError(f"could not load a {self.display_name} pipeline from {model_path}: {err}") from None
+        config_file = Path(model_path) / "transformer" / "config.json"
+        if not with_transformer and config_file.exists():
+            from diffusers.configuration_utils import FrozenDict
+
+            # object.__setattr__: a stand-in, not registered as a pipeline component
+            object.__setattr__(pipe, "transformer", ConfigOnly(FrozenDict(json.loads(config_file.read_text()))))
+        return pipe
+
+    def text_encoder_names(self) -> tuple:
+        return ("text_encoder",)
+
+    def set_scheduler(self, pipe, kind: str) -> None:
+        """Replace the pipeline's scheduler by another kind (e.g. ``--scheduler dpm``), keeping its config."""
+        raise UserError(f"--scheduler is not supported for {self.display_name}; it uses the scheduler in its model folder")
+
+    # ------------------------------------------------------------------------------------ prompts
+    def encode_prompts(self, pipe, prompts: list, device) -> dict:
+        """Conditioning for the transformer: ``{kwarg_name: tensor with batch first}``."""
+        raise NotImplementedError
+
+    def prompt_token_ids(self, pipe, prompt: str) -> list:
+        """The token ids at the transformer's text positions for ``prompt`` (padding included)."""
+        raise NotImplementedError
+
+    def pipeline_text_kwargs(self, pipe) -> dict:
+        """Arguments of the diffusers pipeline's call that size the text conditioning as this model expects."""
+        return {}
+
+    def pipeline_embedding_kwargs(self, cond: dict) -> dict:
+        """The diffusers pipeline's arguments that pass precomputed conditioning ``cond`` instead of a prompt."""
+        return {"prompt_embeds": cond["encoder_hidden_states"]}
+
+    def safree_text_sides(self, pipe) -> dict:
+        """SAFREE (``receler/baselines/safree.py``): ``{pipeline embedding argument: text side}`` for each text
+        encoder whose embeddings SAFREE filters."""
+        raise NotImplementedError(f"SAFREE is not implemented for {self.display_name}")
+
+    def concept_token_ids(self, pipe, concept: str) -> list:
+        """Spellings of the concept's token run as it can appear in a prompt: a list of token-id lists, any
+        of which marks the concept. A word is often tokenized differently at the start of the prompt (where
+        a template may precede it) and after a space, so both are listed."""
+        tokenizer = pipe.tokenizer
+        spellings = [tokenizer(text, add_special_tokens=False).input_ids for text in (concept, " " + concept)]
+        # As the first words of a prompt: the prompt's tokens minus those an empty prompt also has.
+        alone, empty = (_strip_padding(self.prompt_token_ids(pipe, text), tokenizer.pad_token_id) for text in (concept, ""))
+        if len(alone) > len(empty):
+            spellings.append(alone[: len(alone) - len(empty)])
+        unique = []
+        for ids in spellings:
+            if ids and ids not in unique:
+                unique.append(ids)
+        return unique
+
+    # ---------------------------------------------------------------------------------- sampling
+    def check_frames(self, num_frames: int) -> None:
+        """Frame counts must be 4k+1 (the VAE's temporal compression); name the nearest valid ones."""
+        if num_frames < 1 or (num_frames - 1) % 4:
+            lower = max(1, num_frames - (num_frames - 1) % 4) if num_frames > 1 else 1
+            upper = lower + 4
+            raise UserError(
+                f"--num_frames {num_frames} is not valid for {self.display_name}: it must be 4k+1 "
+                f"(e.g. {lower} or {upper}), because the VAE compresses 4 frames into one latent frame."
+            )
+
+    def check_size(self, height: int, width: int) -> None:
+        if height % 16 or width % 16 or height <= 0 or width <= 0:
+            raise UserError(f"--height {height} / --width {width}: both must be positive multiples of 16.")
+
+    def default_video_size(self, pipe) -> tuple:
+        """``(num_frames, height, width)`` the model was built for, used when flags leave them out."""
+        raise NotImplementedError
+
+    def text_tokens(self, transformer_config) -> int:
+        """How many text tokens the transformer receives per prompt (for memory estimates)."""
+        raise NotImplementedError
+
+    def make_sampler(self, pipe, num_inference_steps, num_frames, height, width, device, generator=None):
+        raise NotImplementedError
+
+    def block_modules(self, transformer) -> list:
+        """Every transformer block, in call order (for gradient checkpointing and compilation)."""
+        return list(self.layout.blocks(transformer))
+
+    def with_soft_tokens(self, cond: dict, positions: torch.Tensor, vectors: torch.Tensor) -> dict:
+        """``cond`` with ``vectors`` [K, D] written at text positions ``positions`` [B, K] of every prompt
+        (differentiable in ``vectors``): the learned tokens of the attack and of adversarial training."""
+        emb = cond["encoder_hidden_states"]
+        rows = torch.arange(emb.shape[0], device=emb.device)[:, None].expand_as(positions)
+        out = emb.clone()
+        out[rows, positions] = vectors.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
+        return {**cond, "encoder_hidden_states": out}
+
+    # ------------------------------------------------------------------------------------- losses
+    def loss_module(self, transformer):
+        """The module whose output the ``ff``/``ff_all`` loss targets compare."""
+        raise NotImplementedError
+
+    def loss_rows(self, output: torch.Tensor, cond: dict, target: str) -> torch.Tensor:
+        """Select what the losses compare from the loss module's output (``ff``: video rows only)."""
+        return output
+
+    # ------------------------------------------------------------------------------- localization
+    def probe_modules(self, transformer) -> list:
+        """One module per eraser, in eraser order, whose call reveals the video->text attention."""
+        raise NotImplementedError
+
+    def concept_attention(self, module, args, kwargs, concept_positions: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """From a probe module's call arguments: for every video token, the attention mass (softmax over
+        all keys, averaged over heads) on the text positions marked in ``concept_positions`` [B, T]."""
+        raise NotImplementedError
+
+    def token_grid(self, transformer, num_frames: int, height: int, width: int) -> tuple:
+        """``(frames, rows, cols)`` of video tokens, in the order the transformer flattens them."""
+        raise NotImplementedError
+
+
+class ConfigOnly:
+    """Stands in for a component that was not loaded, exposing only its ``config``."""
+
+    def __init__(self, config):
+        self.config = config
+
+
+def _strip_padding(ids: list, pad_id) -> list:
+    ids = list(ids)
+    while ids and ids[-1] == pad_id:
+        ids.pop()
+    return ids
+
+
+def check_model_folder(model_path) -> dict:
+    """Fail clearly unless ``model_path`` is a local diffusers pipeline folder; return its model_index."""
+    path = Path(model_path)
+    index = path / "model_index.json"
+    if not path.is_dir():
+        raise UserError(
+            f"model folder {path} does not exist. Pass a local diffusers pipeline folder with --model_path "
+            f"(e.g. models/world-cogvideox, or a downloaded CogVideoX-2b); nothing is downloaded."
+        )
+    if not index.exists():
+        raise UserError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json). Pass the folder that holds "
+            f"model_index.json, transformer/, scheduler/ ..."
+        )
+    try:
+        return json.loads(index.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{index} is not valid JSON: {err}") from None

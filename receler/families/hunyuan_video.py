@@ -1,0 +1,216 @@
+"""HunyuanVideo: everything family-specific, in one place.
+
+- Erasers: ``single_transformer_blocks[i].attn`` (video part of the single-stream joint attention),
+  scaled by an inference-time ``eraser_weight``; keys ``single_transformer_blocks.{i}.attn.adapter``
+  (the layout of the published HunyuanVideo eraser).
+- Prompts: Llama hidden states of a templated prompt, cropped by the template's ``crop_start``, with an
+  attention mask, plus CLIP's pooled embedding. A model folder may carry ``prompt_template.json`` (the
+  tiny test models do, because their tokenizer is not Llama's); otherwise the pipeline's default.
+- Latents ``[B, C, F, H/8, W/8]``; flow matching (the transformer predicts the velocity) with
+  FlowMatchEuler; the transformer also takes an embedded guidance scale (6.0 by default, as the pipeline).
+- Single-stream blocks have no feed-forward module, and a loss on a double-stream block would never reach
+  their erasers: losses compare the transformer output by default, or the last single block's video rows.
+- Localization: single-stream attention of video queries over the (padding-masked) text keys, which sit
+  after the video tokens in the joint sequence.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import HunyuanVideoPipeline
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+from ..erasers.wrapper import AttentionWithEraser, EraserLayout
+from ..localization import concept_attention_chunked
+from ..sampling import Sampler
+from .base import ModelFamily
+
+
+class HunyuanWithEraser(AttentionWithEraser):
+    """``HunyuanVideoSingleTransformerBlock.attn`` followed by ``h + eraser_weight * eraser(h)`` on its
+    video output (the original release's name and signature)."""
+
+    def __init__(self, attn, eraser_rank, eraser_weight: float = 1.0):
+        super().__init__(attn, eraser_rank, eraser_weight)
+
+
+LAYOUT = EraserLayout(
+    family="hunyuan_video",
+    display_name="HunyuanVideo",
+    blocks_attr="single_transformer_blocks",
+    attn_attr="attn",
+    wrapper_class=HunyuanWithEraser,
+)
+
+TEMPLATE_FILE = "prompt_template.json"
+DEFAULT_TEXT_LENGTH = 256  # the pipeline's max_sequence_length
+
+
+def prompt_template(pipe) -> dict:
+    """The template the model was trained with: the folder's ``prompt_template.json``, else diffusers' default."""
+    extra = getattr(pipe, "_tiny_extra_files", {})
+    if TEMPLATE_FILE in extra:
+        return json.loads(extra[TEMPLATE_FILE])
+    folder = getattr(pipe, "name_or_path", None)
+    if folder and (Path(folder) / TEMPLATE_FILE).exists():
+        return json.loads((Path(folder) / TEMPLATE_FILE).read_text())
+    return DEFAULT_PROMPT_TEMPLATE
+
+
+def text_length(pipe) -> int:
+    return int(prompt_template(pipe).get("max_sequence_length", DEFAULT_TEXT_LENGTH))
+
+
+class HunyuanVideoSampler(Sampler):
+    embedded_guidance = 6.0
+
+    def set_timesteps(self, num_inference_steps):
+        # As the pipeline: sigmas evenly spaced from 1 to 0 (exclusive), then the scheduler's shift.
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        self.scheduler.set_timesteps(sigmas=sigmas, device=self.device)
+        self.scheduler.set_begin_index(0)
+        self.timesteps = self.scheduler.timesteps
+
+    def latent_shape(self, batch_size):
+        pipe, s = self.pipe, self.pipe.vae_scale_factor_spatial
+        frames = (self.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        return (batch_size, pipe.transformer.config.in_channels, frames, self.height // s, self.width // s)
+
+    def predict(self, transformer, latents, index, cond):
+        dtype = transformer.dtype
+        batch = latents.shape[0]
+        t = self.timesteps[index]
+        guidance = torch.full((batch,), self.embedded_guidance * 1000.0, dtype=dtype, device=latents.device)
+        out = transformer(
+            hidden_states=latents.to(dtype),
+            timestep=t.expand(batch).to(latents.dtype),
+            encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+            encoder_attention_mask=cond["encoder_attention_mask"].to(dtype),
+            pooled_projections=cond["pooled_projections"].to(dtype),
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        return out.float()
+
+
+class HunyuanVideoFamily(ModelFamily):
+    name = "hunyuan_video"
+    display_name = "HunyuanVideo"
+    pipeline_classes = ("HunyuanVideoPipeline",)
+    layout = LAYOUT
+    default_loss_target = "velocity"
+    latent_layout = "BCFHW"
+
+    def pipeline_class(self):
+        return HunyuanVideoPipeline
+
+    def text_encoder_names(self):
+        return ("text_encoder", "text_encoder_2")
+
+    def load_pipeline(self, model_path, dtype=torch.float32, with_vae=True, with_text_encoder=True, with_transformer=True):
+        pipe = super().load_pipeline(model_path, dtype, with_vae, with_text_encoder, with_transformer)
+        # diffusers asks for LlamaTokenizerFast, which transformers 5 rebuilds SentencePiece-style from the
+        # vocabulary; Llama 3's tokenizer is byte-level. tokenizer.json is the exact tokenizer: load that.
+        tokenizer_json = Path(model_path) / "tokenizer" / "tokenizer.json"
+        if tokenizer_json.exists():
+            from transformers import PreTrainedTokenizerFast
+
+            pipe.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_json.parent))
+        return pipe
+
+    def encode_prompts(self, pipe, prompts, device):
+        embeds, pooled, mask = pipe.encode_prompt(
+            prompt=list(prompts),
+            prompt_template=prompt_template(pipe),
+            device=device,
+            max_sequence_length=text_length(pipe),
+        )
+        return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "pooled_projections": pooled}
+
+    def pipeline_text_kwargs(self, pipe):
+        return {"prompt_template": prompt_template(pipe), "max_sequence_length": text_length(pipe)}
+
+    def pipeline_embedding_kwargs(self, cond):
+        return {"prompt_embeds": cond["encoder_hidden_states"], "prompt_attention_mask": cond["encoder_attention_mask"],
+                "pooled_prompt_embeds": cond["pooled_projections"]}
+
+    def safree_text_sides(self, pipe):
+        from ..baselines.safree import CLIPPooledSide, LlamaSide
+
+        device = pipe._execution_device
+        return {
+            "prompt_embeds": LlamaSide(pipe.tokenizer, pipe.text_encoder, device, text_length(pipe), prompt_template(pipe)),
+            "pooled_prompt_embeds": CLIPPooledSide(pipe.tokenizer_2, pipe.text_encoder_2, device, 77),
+        }
+
+    def prompt_token_ids(self, pipe, prompt):
+        template = prompt_template(pipe)
+        crop = template["crop_start"]
+        ids = pipe.tokenizer(
+            template["template"].format(prompt),
+            max_length=text_length(pipe) + crop,
+            padding="max_length",
+            truncation=True,
+        ).input_ids
+        return ids[crop:]
+
+    def default_video_size(self, pipe):
+        return 49, 512, 768
+
+    def text_tokens(self, transformer_config):
+        return DEFAULT_TEXT_LENGTH
+
+    def make_sampler(self, pipe, num_inference_steps, num_frames, height, width, device, generator=None):
+        return HunyuanVideoSampler(pipe, num_inference_steps, num_frames, height, width, device, generator)
+
+    def with_soft_tokens(self, cond, positions, vectors):
+        out = super().with_soft_tokens(cond, positions, vectors)
+        mask = cond["encoder_attention_mask"].clone()  # the learned tokens must be attended, not masked as padding
+        mask[torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(positions), positions] = 1
+        return {**out, "encoder_attention_mask": mask}
+
+    def block_modules(self, transformer):
+        return list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+
+    def loss_module(self, transformer):
+        return transformer.single_transformer_blocks[-1]  # its output is (video, text); the hook keeps video
+
+    def probe_modules(self, transformer):
+        return [self.layout.attention(block) for block in transformer.single_transformer_blocks]
+
+    def concept_attention(self, attn, args, kwargs, concept_positions, chunk_size):
+        video = kwargs["hidden_states"]
+        text = kwargs["encoder_hidden_states"]
+        rotary = kwargs.get("image_rotary_emb")
+        num_video = video.shape[1]
+        joint = torch.cat([video, text], dim=1)
+        query = attn.to_q(joint).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(joint).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        query = query[:, :num_video]
+        if rotary is not None:
+            query = apply_rotary_emb(query, rotary, sequence_dim=1)
+            key = torch.cat([apply_rotary_emb(key[:, :num_video], rotary, sequence_dim=1), key[:, num_video:]], dim=1)
+        batch = joint.shape[0]
+        concept_keys = torch.zeros(batch, joint.shape[1], dtype=torch.bool, device=joint.device)
+        concept_keys[:, num_video:] = concept_positions.to(joint.device)
+        mask = kwargs.get("attention_mask")
+        key_mask = None if mask is None else mask.reshape(batch, -1)[:, -joint.shape[1]:].bool()
+        return concept_attention_chunked(
+            query.transpose(1, 2), key.transpose(1, 2), concept_keys, key_mask=key_mask, chunk_size=chunk_size
+        )
+
+    def token_grid(self, pipe, num_frames, height, width):
+        config = pipe.transformer.config
+        frames = ((num_frames - 1) // pipe.vae_scale_factor_temporal + 1) // config.patch_size_t
+        s = pipe.vae_scale_factor_spatial * config.patch_size
+        return frames, height // s, width // s
+
+
+FAMILY = HunyuanVideoFamily()
