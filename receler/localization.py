@@ -1,0 +1,145 @@
+"""Concept-localized regularization: where in the video the concept is, and keeping the eraser silent elsewhere.
+
+On the frozen pass for the concept prompt, each wrapped layer's attention of video queries over the
+concept's text tokens is read (softmax over *all* keys, averaged over heads), computed in query chunks
+so the full N x N map never exists. Per latent frame it is min-max normalised and thresholded into a
+binary mask ``M_l`` (1 where the concept is). The localization loss (in ``losses.py``) then penalises
+each eraser's output outside its mask.
+"""
+
+import logging
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Upper bound on one chunk's score matrix (batch x heads x queries x keys), in elements (~256 MB fp32).
+DEFAULT_CHUNK_ELEMENTS = 2**26
+
+
+def find_token_positions(prompt_ids: list, concept_ids: list) -> list:
+    """Indices of every occurrence of the concept's token run inside the prompt's tokens."""
+    n = len(concept_ids)
+    if n == 0:
+        return []
+    positions = []
+    for start in range(len(prompt_ids) - n + 1):
+        if list(prompt_ids[start : start + n]) == list(concept_ids):
+            positions.extend(range(start, start + n))
+    return sorted(set(positions))
+
+
+def concept_positions_mask(family, pipe, prompts: list, concept: str) -> tuple:
+    """``(positions [B, T] bool, found [B] bool)``: which text positions hold the concept, per prompt."""
+    spellings = family.concept_token_ids(pipe, concept)
+    rows, found = [], []
+    for prompt in prompts:
+        ids = family.prompt_token_ids(pipe, prompt)
+        hit = sorted({p for concept_ids in spellings for p in find_token_positions(ids, concept_ids)})
+        row = torch.zeros(len(ids), dtype=torch.bool)
+        row[hit] = True
+        rows.append(row)
+        found.append(bool(hit))
+    return torch.stack(rows), torch.tensor(found)
+
+
+def chunk_rows(batch: int, heads: int, num_keys: int, max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
+    return max(1, max_elements // max(1, batch * heads * num_keys))
+
+
+def concept_attention_chunked(query, key, concept_keys, key_mask=None, chunk_size=None) -> torch.Tensor:
+    """Attention mass of each query on the concept keys, averaged over heads: ``[B, Nq]``.
+
+    ``query`` [B, H, Nq, d], ``key`` [B, H, Nk, d]; ``concept_keys`` [B, Nk] bool marks the concept's
+    key positions; ``key_mask`` [B, Nk] bool (True = may be attended) excludes padding. The softmax
+    runs over all keys; per query chunk, ``log(sum over concept keys of e^s) - log(sum over keys of e^s)``
+    gives the log of the concept's probability mass without ever keeping a probability matrix.
+    """
+    batch, heads, num_queries, dim = query.shape
+    num_keys = key.shape[2]
+    chunk_size = chunk_size or chunk_rows(batch, heads, num_keys)
+    scale = dim**-0.5
+    allowed = torch.ones(batch, num_keys, dtype=torch.bool, device=key.device) if key_mask is None else key_mask.bool()
+    concept = (concept_keys.bool() & allowed)[:, None, None, :]
+    blocked = ~allowed[:, None, None, :]
+    key_t = key.transpose(-1, -2)
+    out = []
+    for start in range(0, num_queries, chunk_size):
+        scores = (query[:, :, start : start + chunk_size] @ key_t).float() * scale
+        scores = scores.masked_fill(blocked, float("-inf"))
+        log_all = torch.logsumexp(scores, dim=-1)
+        log_concept = torch.logsumexp(scores.masked_fill(~concept, float("-inf")), dim=-1)
+        out.append(torch.exp(log_concept - log_all).mean(dim=1))
+    return torch.cat(out, dim=1)
+
+
+def masks_from_attention(attention: torch.Tensor, grid: tuple, threshold: float) -> torch.Tensor:
+    """Binary concept masks ``[B, N]`` from attention ``[B, N]``: min-max per latent frame, then ``> threshold``."""
+    frames, rows, cols = grid
+    per_frame = attention.float().reshape(attention.shape[0], frames, rows * cols)
+    low = per_frame.amin(dim=-1, keepdim=True)
+    high = per_frame.amax(dim=-1, keepdim=True)
+    normalised = (per_frame - low) / (high - low).clamp_min(1e-12)
+    return (normalised > threshold).reshape(attention.shape[0], -1)
+
+
+class ConceptAttentionProbe:
+    """Records each layer's video->concept attention during one (frozen) forward pass."""
+
+    def __init__(self, family, transformer, chunk_size=None):
+        self.family = family
+        self.modules = family.probe_modules(transformer)
+        self.chunk_size = chunk_size
+        self.maps = {}
+        self._positions = None
+
+    def _hook(self, layer, module, args, kwargs):
+        if layer not in self.maps:
+            self.maps[layer] = self.family.concept_attention(module, args, kwargs, self._positions, self.chunk_size)
+
+    @contextmanager
+    def capture(self, concept_positions: torch.Tensor):
+        """Inside the block, the next forward pass records ``self.maps[layer] = [B, N_video]``."""
+        self.maps = {}
+        self._positions = concept_positions
+        handles = [
+            m.register_forward_pre_hook(partial(self._hook, i), with_kwargs=True) for i, m in enumerate(self.modules)
+        ]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def masks(self, grid: tuple, threshold: float) -> list:
+        return [masks_from_attention(self.maps[i], grid, threshold) for i in range(len(self.modules))]
+
+
+class EraserOutputCapture:
+    """Keeps each eraser's output (before the residual add) from one forward pass, for ``L_loc``.
+
+    Only the first call per eraser is kept: gradient checkpointing re-runs the forward during backward.
+    """
+
+    def __init__(self, erasers: list):
+        self.erasers = erasers
+        self.outputs = {}
+        self._handles = []
+
+    def _hook(self, index, module, args, output):
+        self.outputs.setdefault(index, output)
+
+    def __enter__(self):
+        self.outputs = {}
+        self._handles = [e.register_forward_hook(partial(self._hook, i)) for i, e in enumerate(self.erasers)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def ordered(self) -> list:
+        return [self.outputs[i] for i in range(len(self.erasers))]

@@ -1,0 +1,571 @@
+"""Training an eraser from prompts alone (DESIGN.md §3). The update is :meth:`EraserTrainer.update`.
+
+One trajectory per prompt batch: Gaussian latents are denoised with the hand-written loop; at each
+trained timestep the frozen model (erasers off) gives the targets, the erased model (erasers on) is
+pulled towards the negatively guided target on the concept prompt and towards the frozen output on the
+preserve prompt, its eraser outputs are kept silent outside the concept's attention mask, and AdamW
+steps on the float32 eraser weights. The latents then advance with the erased model's prediction.
+
+Memory and speed (DESIGN.md §4): one backbone copy (the frozen model is the same network with its
+erasers off), prompts encoded once before training, no VAE, half-precision backbone with float32
+erasers, optional gradient checkpointing of some or all blocks, fp8 weight storage and compiled blocks.
+"""
+
+import json
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .attack import Adversary, padding_positions
+from .checkpoint import load_erasers, save_eraser_folder
+from .distributed import Distributed
+from .erasers.utils import erasers_disabled
+from .erasers.wrapper import attach_erasers
+from .errors import UserError
+from .io_utils import atomic_write, atomic_write_text
+from .loss_target import LossTarget
+from .localization import ConceptAttentionProbe, EraserOutputCapture, concept_positions_mask
+from .losses import localization_loss, negative_guidance_target, preserve_loss, unlearn_loss
+from .plots import plot_train_log, read_train_log
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "training_state.pt"
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient stopped being finite; nothing from that update was applied or saved."""
+
+
+# ------------------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class PromptSet:
+    """Every training prompt, encoded once (then the text encoder can leave the GPU)."""
+
+    prompts: list            # concept prompts c
+    preserve_prompts: list   # c_pre per prompt, or None when preservation is off
+    cond: list               # per prompt: {kwarg: tensor [1, ...]} on CPU
+    cond_preserve: list      # per prompt, or None
+    cond_empty: dict         # conditioning of "" [1, ...]
+    positions: torch.Tensor  # [P, T] bool: the concept's text positions in each prompt
+    found: torch.Tensor      # [P] bool: whether the concept's tokens occur in the prompt
+    soft_positions: torch.Tensor | None = None  # [P, K]: where adversarial soft tokens go (--adversarial)
+
+
+def stack_cond(conds: list, device) -> dict:
+    return {k: torch.cat([c[k] for c in conds]).to(device) for k in conds[0]}
+
+
+def encode_prompt_set(family, pipe, prompts, preserve_prompts, concept_words, device, batch_size=8,
+                      soft_tokens: int = 0) -> PromptSet:
+    """Encode the concept prompts, the preserve prompts and "" once, on ``device``, and keep them on CPU.
+
+    ``concept_words`` is the concept (or a list of words that mark it, e.g. ``["naked", "nude"]``) whose
+    tokens the localization mask follows.
+    """
+
+    def encode(texts):
+        out = []
+        for start in range(0, len(texts), batch_size):
+            chunk = family.encode_prompts(pipe, texts[start : start + batch_size], device)
+            for j in range(len(texts[start : start + batch_size])):
+                out.append({k: v[j : j + 1].detach().cpu() for k, v in chunk.items()})
+        return out
+
+    with torch.no_grad():
+        cond = encode(prompts)
+        cond_pre = encode(preserve_prompts) if preserve_prompts else None
+        cond_empty = encode([""])[0]
+    words = [concept_words] if isinstance(concept_words, str) else list(concept_words)
+    masks = [concept_positions_mask(family, pipe, prompts, w) for w in words]
+    positions = torch.stack([m[0] for m in masks]).any(dim=0)
+    found = torch.stack([m[1] for m in masks]).any(dim=0)
+    soft = padding_positions(family, pipe, prompts, soft_tokens) if soft_tokens else None
+    return PromptSet(list(prompts), preserve_prompts, cond, cond_pre, cond_empty, positions, found, soft)
+
+
+def make_batch(data: PromptSet, idx: list, device, grid, global_idx: list | None = None) -> dict:
+    """The tensors of one (per-process) batch, with per-prompt loss weights normalised by the global batch."""
+    global_idx = idx if global_idx is None else global_idx
+    found_global = data.found[global_idx]
+    n = len(idx)
+    return {
+        "cond": stack_cond([data.cond[i] for i in idx], device),
+        "cond_preserve": stack_cond([data.cond_preserve[i] for i in idx], device) if data.cond_preserve else None,
+        "cond_empty": stack_cond([data.cond_empty] * n, device),
+        "positions": data.positions[idx],
+        "found": data.found[idx],
+        "localize": bool(found_global.any()),
+        "soft_positions": None if data.soft_positions is None else data.soft_positions[idx],
+        # sum over the global batch of (weight x per-prompt loss) is the batch mean
+        "weight": torch.full((n,), 1.0 / len(global_idx), device=device),
+        "loc_weight": data.found[idx].float().to(device) / max(1, int(found_global.sum())),
+        "grid": grid,
+    }
+
+
+# ----------------------------------------------------------------------------- memory and speed
+
+
+def enable_block_checkpointing(transformer, blocks: list, count: int | None = None, offload: bool = False) -> int:
+    """Recompute activations in backward for the first ``count`` blocks (all when None); returns how many.
+
+    Uses diffusers' own hook (the transformer calls ``_gradient_checkpointing_func(block, *args)`` for
+    every block), so only the chosen blocks pay the recomputation. ``offload`` keeps the inputs each
+    checkpointed block must remember in CPU memory instead of on the GPU (one copy out per forward, one
+    back per recomputation): the largest activation term left once every block is checkpointed.
+    """
+    count = len(blocks) if count is None else max(0, min(count, len(blocks)))
+    if count == 0:
+        return 0
+    chosen = {id(b) for b in blocks[:count]}
+
+    def checkpoint_some(block, *args):
+        if id(block) not in chosen:
+            return block(*args)
+        if not offload:
+            return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+        devices = [a.device if torch.is_tensor(a) else None for a in args]
+        host_args = [a.to("cpu") if torch.is_tensor(a) else a for a in args]
+
+        def run_on_device(*saved):
+            return block(*[a.to(d) if d is not None else a for a, d in zip(saved, devices)])
+
+        return torch.utils.checkpoint.checkpoint(run_on_device, *host_args, use_reentrant=False)
+
+    transformer.enable_gradient_checkpointing(checkpoint_some)
+    return count
+
+
+def enable_fp8_storage(transformer, compute_dtype) -> None:
+    """Store the backbone's linear/conv weights in float8 and cast each layer to ``compute_dtype`` for its
+    forward (diffusers' layerwise casting). Erasers are attached afterwards, so they stay float32."""
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    transformer.enable_layerwise_casting(
+        storage_dtype=torch.float8_e4m3fn,
+        compute_dtype=compute_dtype,
+        skip_modules_pattern=tuple(DEFAULT_SKIP_MODULES_PATTERN) + ("adapter",),
+    )
+
+
+# ------------------------------------------------------------------------------------- trainer
+
+
+class EraserTrainer:
+    """Holds the one backbone (frozen), its erasers (trainable, float32), the optimizer and the loss hooks.
+
+    ``frozen_transformer`` is only for comparisons (the benchmark's naive two-copy setup): by default the
+    frozen model is the same network with its erasers switched off.
+    """
+
+    def __init__(self, family, pipe, args, device, dist: Distributed | None = None, frozen_transformer=None):
+        self.family, self.pipe, self.args = family, pipe, args
+        self.device = torch.device(device)
+        self.dist = dist or Distributed(self.device)
+        self.transformer = pipe.transformer
+        self.frozen = frozen_transformer if frozen_transformer is not None else self.transformer
+        for model in {id(self.transformer): self.transformer, id(self.frozen): self.frozen}.values():
+            model.requires_grad_(False)
+            model.eval()
+        if getattr(args, "fp8_weights", False):
+            enable_fp8_storage(self.transformer, compute_dtype=self.transformer.dtype)
+
+        torch.manual_seed(args.seed)  # the erasers' down projections start random: make that reproducible
+        erasers = attach_erasers(self.transformer, family.layout, args.eraser_rank)
+        self.eraser_names = list(erasers)
+        self.erasers = list(erasers.values())
+        for eraser in self.erasers:
+            eraser.to(self.device)
+            eraser.requires_grad_(True)
+        self.params = [p for e in self.erasers for p in e.parameters()]
+        self.optimizer = torch.optim.AdamW(self.params, lr=args.learning_rate, weight_decay=args.weight_decay)
+
+        self.outputs = LossTarget(family, args.loss_target, [self.transformer, self.frozen])
+        self.loss_target = self.outputs.target
+        self.probe = ConceptAttentionProbe(family, self.frozen, args.mask_chunk_size) if args.alpha > 0 else None
+
+        blocks = family.block_modules(self.transformer)
+        count = getattr(args, "checkpoint_blocks", None)
+        count = count if isinstance(count, int) else 0  # "auto" is resolved by the CLI, which knows the GPU
+        if getattr(args, "gradient_checkpointing", False):
+            count = len(blocks)
+        offload = getattr(args, "offload_activations", False)
+        self.checkpointed_blocks = enable_block_checkpointing(self.transformer, blocks, count, offload) if count else 0
+        if getattr(args, "compile", False):
+            for block in blocks:
+                block.compile()
+        self.adversary = None  # --adversarial: created by start_adversary once the prompts are encoded
+
+    def start_adversary(self, data: "PromptSet") -> None:
+        """``--adversarial``: a soft prompt of the text conditioning's width, starting at its scale."""
+        args = self.args
+        emb = torch.cat([c["encoder_hidden_states"] for c in data.cond]).float()
+        self.adversary = Adversary(args.adv_num_tokens, emb.shape[-1], args.adv_steps, args.adv_lr,
+                                   float(emb.std()), args.seed, self.device)
+
+    # ------------------------------------------------------------------------------ one forward
+    def forward(self, model, sampler, x, index, cond):
+        """``(prediction, o)``: the model's prediction and what the losses compare."""
+        return self.outputs.forward(model, sampler, x, index, cond)
+
+    # ------------------------------------------------------------------------------- one update
+    def update(self, sampler, x, index, batch) -> tuple:
+        """One training update at step ``index`` of the trajectory; returns ``(metrics, prediction)``.
+
+        ``batch`` comes from :func:`make_batch`; with several processes it is this process's share and the
+        gradients are summed across processes before the step. ``prediction`` advances the latents: the
+        erased model's prediction on the concept prompt (detached), or the frozen model's
+        (``--trajectory frozen``).
+        """
+        args = self.args
+        localize = self.probe is not None and batch["localize"]
+        local_loc = localize and bool(batch["found"].any())
+        metrics = {"loss_unlearn": 0.0}
+        if localize:
+            metrics["loss_loc"] = 0.0
+        if batch["cond_preserve"] is not None and args.beta > 0:
+            metrics["loss_preserve"] = 0.0
+        if self.adversary is not None:
+            metrics["loss_adversarial"] = 0.0
+
+        # 1. Targets from the frozen model (erasers off, no graph). Run first: with gradient checkpointing
+        #    the erasers must be in the same state during backward as in the forward being recomputed.
+        with torch.no_grad(), erasers_disabled(self.frozen):
+            with self.probe.capture(batch["positions"]) if local_loc else nullcontext():
+                pred_frozen, o_c = self.forward(self.frozen, sampler, x, index, batch["cond"])
+            _, o_0 = self.forward(self.frozen, sampler, x, index, batch["cond_empty"])
+            o_pre = None
+            if "loss_preserve" in metrics:
+                o_pre = self.forward(self.frozen, sampler, x, index, batch["cond_preserve"])[1]
+            masks = self.probe.masks(batch["grid"], args.mask_threshold) if local_loc else None
+            v_neg = negative_guidance_target(o_c.float(), o_0.float(), args.eta)
+        del o_0
+
+        # 1b. --adversarial: refresh the soft prompt against the current eraser (it pulls the erased model's
+        #     prediction on the attacked prompt back to the frozen model's prediction on the concept prompt).
+        if self.adversary is not None:
+            metrics["loss_attack"] = self.adversary.refresh(self.family, self.transformer, sampler, x, index, batch,
+                                                            pred_frozen, self.dist)
+        del o_c
+
+        # 2. The erased model on the concept prompt: unlearning (+ localization), first backward.
+        with EraserOutputCapture(self.erasers) as captured:
+            pred, o_erased = self.forward(self.transformer, sampler, x, index, batch["cond"])
+        loss = (unlearn_loss(o_erased, v_neg, reduction="none") * batch["weight"]).sum()
+        metrics["loss_unlearn"] = loss.detach()
+        if local_loc:
+            per_prompt = localization_loss(captured.ordered(), masks, batch["found"], reduction="none")
+            loss_loc = (per_prompt * batch["loc_weight"]).sum()
+            metrics["loss_loc"] = loss_loc.detach()
+            loss = loss + args.alpha * loss_loc
+        del captured, o_erased
+        self._check_finite(loss, "loss")
+        loss.backward()
+
+        # 2b. --adversarial: the eraser must also erase the concept prompt as attacked.
+        if self.adversary is not None:
+            attacked = self.adversary.attacked(self.family, batch["cond"], batch["soft_positions"])
+            _, o_erased_att = self.forward(self.transformer, sampler, x, index, attacked)
+            loss_adv = (unlearn_loss(o_erased_att, v_neg, reduction="none") * batch["weight"]).sum()
+            metrics["loss_adversarial"] = loss_adv.detach()
+            self._check_finite(loss_adv, "adversarial loss")
+            (args.adv_weight * loss_adv).backward()
+            del o_erased_att
+        del v_neg
+
+        # 3. The erased model on the preserve prompt: preservation, second backward (gradients add up).
+        if o_pre is not None:
+            _, o_erased_pre = self.forward(self.transformer, sampler, x, index, batch["cond_preserve"])
+            loss_pre = (preserve_loss(o_erased_pre, o_pre, reduction="none") * batch["weight"]).sum()
+            metrics["loss_preserve"] = loss_pre.detach()
+            self._check_finite(loss_pre, "preservation loss")
+            (args.beta * loss_pre).backward()
+
+        # 4. Sum gradients over processes, clip, check, step: every process takes the same step.
+        self.dist.sum_gradients(self.params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)
+        self._check_finite(grad_norm, "gradient norm")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        metrics = self.dist.sum_scalars({k: float(v) for k, v in metrics.items()})
+        metrics["loss"] = (metrics["loss_unlearn"] + args.alpha * metrics.get("loss_loc", 0.0)
+                           + args.beta * metrics.get("loss_preserve", 0.0)
+                           + getattr(args, "adv_weight", 0.0) * metrics.get("loss_adversarial", 0.0))
+        metrics.update(grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"])
+        advance = pred_frozen if args.trajectory == "frozen" else pred.detach()
+        return metrics, advance
+
+    def _check_finite(self, value, what):
+        # With several processes only the gradient norm (identical everywhere after the sum) is checked: a
+        # process stopping alone would leave the others waiting in the gradient sum. A non-finite loss makes
+        # the summed gradient non-finite too.
+        if self.dist.enabled and what != "gradient norm":
+            return
+        if not torch.isfinite(value).all():
+            raise TrainingDiverged(
+                f"the {what} is not finite ({float(value.detach())}); the update was not applied and nothing was "
+                f"saved. Lower --learning_rate or --eta, keep --max_grad_norm on, or train with --dtype "
+                f"bfloat16/float32 instead of float16. The last good checkpoint (if any) is intact under checkpoints/."
+            )
+
+    @torch.no_grad()
+    def prediction_without_update(self, sampler, x, index, cond):
+        """Advance through a step that is not trained, with the model the trajectory follows."""
+        if self.args.trajectory == "frozen":
+            with erasers_disabled(self.frozen):
+                return sampler.predict(self.frozen, x, index, cond)
+        return sampler.predict(self.transformer, x, index, cond)
+
+    # --------------------------------------------------------------------------- saving / state
+    def eraser_config(self) -> dict:
+        a = self.args
+        return {
+            "base_model": {
+                "pipeline_class": type(self.pipe).__name__,
+                "model_path": str(a.model_path),
+                "transformer_config": {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")},
+            },
+            "target_concept": a.target_concept,
+            "training": {
+                k: getattr(a, k)
+                for k in ("eta", "alpha", "beta", "learning_rate", "num_frames", "height", "width",
+                          "num_inference_steps", "loss_target", "trajectory", "mask_threshold", "seed")
+                if hasattr(a, k)
+            },
+        }
+
+    def save_erasers(self, folder) -> None:
+        if self.dist.is_main:
+            save_eraser_folder(folder, self.transformer, self.family.layout, self.eraser_config())
+
+    def save_checkpoint(self, folder, position: dict, x, sampler) -> None:
+        """A resumable checkpoint: the eraser folder, the optimizer and the position (main process), and each
+        process's own mid-trajectory state (its latents and sampler)."""
+        folder = Path(folder)
+        trajectory = {
+            "latents": None if x is None else x.detach().cpu(),
+            "sampler": None if sampler is None else sampler.state_dict(),
+        }
+        if self.dist.is_main:
+            self.save_erasers(folder)
+            state = {"position": position, "optimizer": self.optimizer.state_dict(),
+                     "world_size": self.dist.world_size, **trajectory}
+            if self.adversary is not None:
+                state["adversary"] = self.adversary.state_dict()
+            atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
+        self.dist.barrier()
+        if not self.dist.is_main:
+            atomic_write(folder / f"trajectory_rank{self.dist.rank}.pt", lambda tmp: torch.save(trajectory, tmp))
+        self.dist.barrier()
+
+    def load_checkpoint(self, folder) -> dict:
+        folder = Path(folder)
+        if not (folder / STATE_NAME).exists():
+            raise UserError(
+                f"--resume_from {folder} is not a training checkpoint (no {STATE_NAME}); pass a folder such as "
+                f"<output_dir>/checkpoints/step_100."
+            )
+        load_erasers(self.transformer, self.family.layout, folder, eraser_rank=self.args.eraser_rank)
+        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise UserError(
+                f"--resume_from {folder} was written by {state.get('world_size', 1)} processes but this run has "
+                f"{self.dist.world_size}; resume with the same number of processes."
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.adversary is not None and "adversary" in state:
+            self.adversary.load_state_dict(state["adversary"])
+        if not self.dist.is_main:
+            state.update(torch.load(folder / f"trajectory_rank{self.dist.rank}.pt", map_location="cpu", weights_only=True))
+        return state
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+
+def _generator(seed: int, *parts: int) -> torch.Generator:
+    """A CPU generator seeded from the run seed and a position, so every trajectory is reproducible alone."""
+    mixed = seed
+    for p in parts:
+        mixed = (mixed * 1_000_003 + p + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+def trained_step_indices(num_steps: int, train_timesteps, seed: int, epoch: int, batch_index: int) -> list:
+    """All denoising steps, or ``K`` of them sampled (sorted) for this trajectory."""
+    if train_timesteps in (None, "all") or int(train_timesteps) >= num_steps:
+        return list(range(num_steps))
+    order = torch.randperm(num_steps, generator=_generator(seed, epoch, batch_index, 7))
+    return sorted(order[: int(train_timesteps)].tolist())
+
+
+class _StopRequest:
+    """Ctrl-C asks the loop to stop at the next update boundary (so the state saved is consistent);
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not in the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("Ctrl-C: finishing this update, then saving the erasers (press again to abort now)")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def run_training(trainer: EraserTrainer, data: PromptSet, output_dir, num_frames, height, width) -> dict:
+    """The training loop: epochs -> prompt batches (one trajectory each) -> timesteps (one update each)."""
+    args, dist = trainer.args, trainer.dist
+    output_dir = Path(output_dir)
+    log_path = output_dir / "train_log.jsonl"
+    resume, global_step = None, 0
+    if getattr(args, "adversarial", False):
+        trainer.start_adversary(data)
+    if args.resume_from:
+        resume = trainer.load_checkpoint(args.resume_from)
+        global_step = resume["position"]["global_step"]
+        if dist.is_main:
+            _truncate_log(log_path, global_step)
+        logger.info("resumed from %s at update %d", args.resume_from, global_step)
+    elif dist.is_main and log_path.exists():
+        log_path.unlink()
+    writer = _tensorboard(output_dir) if dist.is_main else None
+    try:
+        with _StopRequest() as stop, (open(log_path, "a") if dist.is_main else nullcontext()) as log:
+            summary = _loop(trainer, data, output_dir, log, (num_frames, height, width), resume, global_step, writer, stop)
+    finally:
+        if writer is not None:
+            writer.close()
+    trainer.save_erasers(output_dir)
+    if dist.is_main:
+        _plot(log_path, output_dir / "loss.png")
+    logger.info("erasers saved to %s (%d updates, %s)", output_dir, summary["updates"], summary["stopped"])
+    return summary
+
+
+def _loop(trainer, data, output_dir, log, size, resume, global_step, writer, stop) -> dict:
+    args, family, pipe, dist = trainer.args, trainer.family, trainer.pipe, trainer.dist
+    num_frames, height, width = size
+    grid = family.token_grid(pipe, num_frames, height, width)
+    global_batch = args.batch_size * dist.world_size
+    batches_per_epoch = math.ceil(len(data.prompts) / global_batch)
+    warned = set()
+    for epoch in range(args.num_epochs):
+        order = torch.randperm(len(data.prompts), generator=_generator(args.seed, epoch)).tolist()
+        for b in range(batches_per_epoch):
+            here = (epoch, b)
+            if resume and here < (resume["position"]["epoch"], resume["position"]["batch_index"]):
+                continue
+            global_idx = order[b * global_batch : (b + 1) * global_batch]
+            if dist.enabled and len(global_idx) < global_batch:
+                # Every process needs prompts of its own: pad the epoch's last batch from its start, as
+                # PyTorch's DistributedSampler does. (One process never pads.)
+                global_idx += (order * global_batch)[: global_batch - len(global_idx)]
+            idx = dist.shard(global_idx, args.batch_size)
+            batch = make_batch(data, idx, trainer.device, grid, global_idx)
+            for i in idx:
+                if trainer.probe is not None and not data.found[i] and i not in warned:
+                    warned.add(i)
+                    logger.warning("the concept's tokens do not occur in prompt %r: it trains without L_loc", data.prompts[i])
+
+            # Draw the whole global batch's noise, so each prompt's trajectory is the same with any process count.
+            sampler = family.make_sampler(pipe, args.num_inference_steps, num_frames, height, width, trainer.device,
+                                          _generator(args.seed, epoch, b))
+            start_row = dist.rank * args.batch_size
+            x = sampler.initial_latents(len(global_idx))[start_row : start_row + len(idx)]
+            train_at = set(trained_step_indices(sampler.num_steps, args.train_timesteps, args.seed, epoch, b))
+            first_step = 0
+            if resume and here == (resume["position"]["epoch"], resume["position"]["batch_index"]):
+                first_step = resume["position"]["step_index"]
+                if resume["latents"] is not None:
+                    x = resume["latents"].to(trainer.device)
+                    sampler.load_state_dict(resume["sampler"])
+                resume = None
+
+            for i in range(first_step, sampler.num_steps):
+                if i not in train_at:
+                    x = sampler.step(trainer.prediction_without_update(sampler, x, i, batch["cond"]), i, x)
+                    continue
+                start = time.perf_counter()
+                metrics, advance = trainer.update(sampler, x, i, batch)
+                x = sampler.step(advance, i, x)
+                global_step += 1
+                row = {"step": global_step, **metrics, "seconds": time.perf_counter() - start,
+                       "epoch": epoch, "timestep": int(sampler.timesteps[i])}
+                if log is not None:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                if writer is not None:
+                    for k, v in metrics.items():
+                        writer.add_scalar(k, v, global_step)
+                if global_step % args.log_every == 0:
+                    logger.info(
+                        "update %d  epoch %d  loss %.4g  unlearn %.4g  loc %s  preserve %s  |g| %.3g  %.2fs",
+                        global_step, epoch, metrics["loss"], metrics["loss_unlearn"], _fmt(metrics.get("loss_loc")),
+                        _fmt(metrics.get("loss_preserve")), metrics["grad_norm"], row["seconds"],
+                    )
+                done = args.max_steps is not None and global_step >= args.max_steps
+                position = {"epoch": epoch, "batch_index": b, "step_index": i + 1, "global_step": global_step}
+                periodic = args.save_every and global_step % args.save_every == 0
+                if periodic or stop.requested or done:
+                    _save_checkpoint(trainer, output_dir, position, x, sampler)
+                if stop.requested or done:
+                    return {"updates": global_step, "stopped": "interrupted" if stop.requested else "max_steps"}
+    return {"updates": global_step, "stopped": "finished"}
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _save_checkpoint(trainer, output_dir, position, x, sampler):
+    folder = Path(output_dir) / "checkpoints" / f"step_{position['global_step']}"
+    trainer.save_checkpoint(folder, position, x, sampler)
+    if trainer.dist.is_main:
+        _plot(Path(output_dir) / "train_log.jsonl", Path(output_dir) / "loss.png")
+        logger.info("saved checkpoint %s", folder)
+
+
+def _plot(log_path, png):
+    if log_path.exists():
+        rows = read_train_log(log_path)
+        if rows:
+            plot_train_log(rows, png)
+
+
+def _truncate_log(log_path: Path, global_step: int) -> None:
+    """On resume, drop log lines written after the checkpoint (they will be trained again)."""
+    if log_path.exists():
+        keep = [r for r in read_train_log(log_path) if r["step"] <= global_step]
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def _tensorboard(output_dir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.debug("tensorboard is not installed; logging to train_log.jsonl only")
+        return None
+    return SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))

@@ -1,0 +1,247 @@
+"""The trainer on tiny models: gradients reach every eraser weight, the backbone never changes, the
+unlearning loss falls, the CLI writes a usable eraser folder, resuming is exact, and bad input, NaNs and
+Ctrl-C are handled without losing anything."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from receler.checkpoint import load_erasers
+from receler.erasers.utils import iter_erasers
+from receler.families import get_family
+from receler.tiny import build_tiny_pipeline
+from receler.train_unlearning_prompt_only import main as train_main
+from receler.train_unlearning_prompt_only import parse_args
+from receler.trainer import EraserTrainer, encode_prompt_set, make_batch
+
+FAMILIES = ["cogvideox", "hunyuan_video", "wan"]
+PROMPTS = ["a photo of nudity on the beach", "nudity in a park at night"]
+PRESERVE = ["a photo of a dressed woman on the beach", "a dressed man in a park at night"]
+SIZE = dict(num_frames=9, height=32, width=32)
+
+
+def make_trainer(family_name, *extra):
+    family = get_family(family_name)
+    pipe = build_tiny_pipeline(family_name, seed=0)
+    args = parse_args(["--model_path", "unused", "--target_concept", "nudity", "--output_dir", "unused",
+                       "--eraser_rank", "4", "--learning_rate", "1e-3", "--num_inference_steps", "4", *extra])
+    args.beta = 1.0 if args.beta is None else args.beta
+    data = encode_prompt_set(family, pipe, PROMPTS, PRESERVE, "nudity", "cpu")
+    trainer = EraserTrainer(family, pipe, args, "cpu")
+    grid = family.token_grid(pipe, **SIZE)
+    batch = make_batch(data, [0, 1], trainer.device, grid)
+    sampler = family.make_sampler(pipe, 4, **SIZE, device="cpu", generator=torch.Generator().manual_seed(0))
+    return trainer, batch, sampler
+
+
+def backbone_state(transformer):
+    return {k: v.clone() for k, v in transformer.state_dict().items() if ".adapter." not in k}
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_two_updates_reach_every_eraser_weight_and_leave_backbone(family_name):
+    trainer, batch, sampler = make_trainer(family_name)
+    assert batch["found"].all(), "the concept must be located in both prompts for L_loc to run"
+    before = backbone_state(trainer.transformer)
+    grads = []
+    original_step = trainer.optimizer.step
+
+    def record_then_step(*a, **k):
+        grads.append({name: {p: w.grad.clone() for p, w in e.named_parameters()}
+                      for name, e in zip(trainer.eraser_names, trainer.erasers)})
+        return original_step(*a, **k)
+
+    trainer.optimizer.step = record_then_step
+    x = sampler.initial_latents(2)
+    metrics = []
+    for _ in range(2):
+        m, _ = trainer.update(sampler, x, 1, batch)
+        metrics.append(m)
+    assert {"loss_unlearn", "loss_loc", "loss_preserve", "loss", "grad_norm"} <= set(metrics[0])
+    # The up projection starts at zero, so the first backward moves only `up` (DESIGN.md §6) ...
+    assert all(torch.count_nonzero(g["down.weight"]) == 0 for g in grads[0].values())
+    assert all(torch.count_nonzero(g["up.weight"]) > 0 for g in grads[0].values())
+    # ... and from the second update on, every weight of every eraser has gradient.
+    for name, g in grads[1].items():
+        for param in ("down.weight", "down.bias", "up.weight", "up.bias"):
+            assert torch.count_nonzero(g[param]) > 0, f"{name}.{param} got no gradient"
+    after = backbone_state(trainer.transformer)
+    assert all(torch.equal(before[k], after[k]) for k in before), "the backbone must stay bit-identical"
+    assert all(not p.requires_grad for n, p in trainer.transformer.named_parameters() if ".adapter." not in n)
+
+
+def test_unlearning_loss_falls():
+    trainer, batch, sampler = make_trainer("cogvideox", "--alpha", "0", "--beta", "0", "--learning_rate", "1e-2")
+    x = sampler.initial_latents(2)
+    losses = [trainer.update(sampler, x, 1, batch)[0]["loss_unlearn"] for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _train(tmp_path, model_dir, *extra, name="run"):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,preserve_prompt\n" + "".join(f'"{p}","{q}"\n' for p, q in zip(PROMPTS, PRESERVE)))
+    out = tmp_path / name
+    argv = ["--model_path", str(model_dir), "--target_concept", "nudity", "--prompts_file", str(prompts),
+            "--output_dir", str(out), "--num_inference_steps", "3", "--eraser_rank", "4",
+            "--learning_rate", "1e-2", "--num_frames", "9", "--height", "32", "--width", "32", *extra]
+    return train_main(argv), out
+
+
+def test_cli_writes_a_loadable_eraser_that_changes_the_concept_prompt(tmp_path, tiny_cogvideox_dir):
+    summary, out = _train(tmp_path, tiny_cogvideox_dir, "--num_epochs", "2", "--save_every", "4")
+    assert summary["updates"] == 2 * 2 * 3  # epochs x prompts (batch 1) x timesteps
+    for name in ("eraser_config.json", "eraser_weights.pt", "eraser_weights.safetensors", "args.json",
+                 "train_log.jsonl", "loss.png"):
+        assert (out / name).exists(), name
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step_4", "step_8", "step_12"}
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert {"step", "loss", "loss_unlearn", "loss_preserve", "loss_loc", "lr", "grad_norm", "seconds"} <= set(rows[0])
+    config = json.loads((out / "eraser_config.json").read_text())
+    assert config["eraser_type"] == "adapter" and config["eraser_rank"] == 4
+    assert config["target_concept"] == "nudity" and config["base_model"]["pipeline_class"] == "CogVideoXPipeline"
+
+    family = get_family("cogvideox")
+    pipe = family.load_pipeline(tiny_cogvideox_dir)
+    cond = family.encode_prompts(pipe, [PROMPTS[0]], "cpu")
+
+    def render():
+        from receler.sampling import sample
+
+        return sample(family, pipe, cond, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                      progress=False, **SIZE)
+
+    clean = render()
+    load_erasers(pipe.transformer, family.layout, out)
+    assert (render() - clean).abs().max() > 1e-3, "a trained eraser must change the concept prompt's video"
+
+
+def test_auto_generated_preserved_concepts_feed_the_preservation_loss(tmp_path, tiny_cogvideox_dir):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of nudity on the beach\nnudity in a park at night\n")
+    out = tmp_path / "auto"
+    train_main(["--model_path", str(tiny_cogvideox_dir), "--target_concept", "nudity", "--prompts_file", str(prompts),
+                "--auto_generate_preserved", "--num_preserved_concepts", "3", "--output_dir", str(out),
+                "--num_inference_steps", "2", "--eraser_rank", "4", "--num_frames", "9", "--height", "32", "--width", "32"])
+    concepts = (out / "preserved_concepts.txt").read_text().split("\n")
+    concepts = [c for c in concepts if c]
+    assert len(concepts) == 3 and all("nudity" not in c for c in concepts)
+    args = json.loads((out / "args.json").read_text())
+    assert args["beta"] == 1.0
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all("loss_preserve" in r for r in rows) and rows[-1]["loss_preserve"] > 0
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_every_family_trains_with_the_same_flags(family_name, tmp_path, tiny_model_dir):
+    """Issue 11: one CLI, one set of flags, for every family; the eraser changes that family's concept video."""
+    folder = tiny_model_dir(family_name)
+    summary, out = _train(tmp_path, folder, "--max_steps", "3", "--save_every", "0", name=family_name)
+    assert summary["updates"] == 3
+    config = json.loads((out / "eraser_config.json").read_text())
+    assert config["model_family"] == family_name
+
+    family = get_family(family_name)
+    pipe = family.load_pipeline(folder)
+    cond = family.encode_prompts(pipe, [PROMPTS[0]], "cpu")
+
+    def render():
+        from receler.sampling import sample
+
+        return sample(family, pipe, cond, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                      progress=False, **SIZE)
+
+    clean = render()
+    load_erasers(pipe.transformer, family.layout, out)
+    assert (render() - clean).abs().max() > 1e-4
+
+
+def _eraser_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "eraser_weights.safetensors"))
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_cogvideox_dir):
+    common = ("--num_epochs", "2", "--save_every", "0")
+    _, full = _train(tmp_path, tiny_cogvideox_dir, *common, name="full")
+    # Stop in the middle of a trajectory (update 5 = step 2 of the second prompt's trajectory), then resume.
+    _, part = _train(tmp_path, tiny_cogvideox_dir, *common, "--max_steps", "5", name="part")
+    assert (part / "checkpoints" / "step_5").exists()
+    _train(tmp_path, tiny_cogvideox_dir, *common, "--resume_from", str(part / "checkpoints" / "step_5"), name="part")
+    a, b = _eraser_tensors(full), _eraser_tensors(part)
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed erasers must equal the uninterrupted run's bit for bit"
+    steps = [json.loads(line)["step"] for line in (part / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cogvideox_dir, monkeypatch, capsys):
+    import receler.trainer as trainer_module
+
+    calls = {"n": 0}
+    real = trainer_module.unlearn_loss
+
+    def nan_on_third(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(trainer_module, "unlearn_loss", nan_on_third)
+    with pytest.raises(SystemExit) as exit_info:
+        _train(tmp_path, tiny_cogvideox_dir, "--save_every", "2")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "not finite" in err and "Traceback" not in err
+    out = tmp_path / "run"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2"]
+    assert all(torch.isfinite(t).all() for t in _eraser_tensors(out / "checkpoints" / "step_2").values())
+
+
+def test_ctrl_c_saves_the_erasers_trained_so_far(tmp_path, tiny_cogvideox_dir, monkeypatch):
+    real_update = EraserTrainer.update
+    calls = {"n": 0}
+
+    def interrupt_during_second(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C mid-update
+        return real_update(self, *a, **k)
+
+    monkeypatch.setattr(EraserTrainer, "update", interrupt_during_second)
+    summary, out = _train(tmp_path, tiny_cogvideox_dir, "--save_every", "0")
+    assert summary["stopped"] == "interrupted" and summary["updates"] == 2
+    assert (out / "eraser_weights.safetensors").exists() and (out / "checkpoints" / "step_2").exists()
+
+
+@pytest.mark.parametrize(
+    "setup, needle",
+    [
+        (lambda tmp: ["--model_path", str(tmp / "missing")], "does not exist"),
+        (lambda tmp: ["--prompts_file", str(_write(tmp / "empty.txt", "\n\n"))], "empty.txt"),
+        (lambda tmp: ["--num_frames", "24"], "21 or 25"),
+        (lambda tmp: ["--prompts_file", str(_write(tmp / "bad.csv", "id,label\n1,x\n"))], "bad.csv"),
+        (lambda tmp: ["--model_path", str(_write(tmp / "nomodel" / "x.txt", "").parent)], "model_index.json"),
+    ],
+    ids=["missing_model", "empty_prompts", "frames_not_4k+1", "csv_without_prompt_column", "not_a_pipeline"],
+)
+def test_bad_input_gives_one_clear_message(setup, needle, tmp_path, tiny_cogvideox_dir, capsys):
+    argv = {"--model_path": str(tiny_cogvideox_dir), "--target_concept": "nudity", "--output_dir": str(tmp_path / "o")}
+    extra = setup(tmp_path)
+    for flag, value in zip(extra[::2], extra[1::2]):
+        argv[flag] = value
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([x for kv in argv.items() for x in kv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "eraser_weights.pt").exists()
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
