@@ -1,0 +1,260 @@
+"""Estimate the peak memory of one eraser update, analytically, and recommend settings that fit a GPU.
+
+    python receler/estimate_memory.py --preset cogvideox-5b --num_frames 49 --gradient_checkpointing
+    python receler/estimate_memory.py --model_path models/CogVideoX-5b --recommend --gpu_memory 12
+
+The model of the peak (bytes; N = tokens through a block (video + text), D = width, b = backbone bytes):
+
+- weights: every backbone parameter at ``b`` bytes (fp8 storage: 1 byte for the blocks' linear layers)
+- erasers: float32 parameters, gradients and AdamW's two moments: 16 bytes per eraser parameter
+- backward: a block that is not checkpointed keeps ``SAVED x N x D x b`` for backward; a checkpointed
+  one keeps its inputs (``N x D x b``); backward then needs ``TRANSIENT x N x D x b`` for the block
+  being recomputed and differentiated
+- the frozen passes' targets (``o_c``, ``o_0`` and the float32 ``v_neg``)
+- localization (frozen pass only, when the backward activations are gone): the chunked score matrix
+
+SAVED and TRANSIENT are per family (``ModelFamily.memory_saved_per_block`` / ``memory_backward_transient``):
+14.5 and 12.5 were fitted to the CogVideoX-2b H100 measurements of DESIGN.md §4 and reproduce the 5b and
+HunyuanVideo rows; Wan keeps float32 intermediates and was fitted to its own rows. fp8 storage keeps about
+29% of the fp8 weight bytes again as compute-dtype copies (fitted to the three fp8 rows). On a CPU the
+Python/torch runtime itself (~0.4 GiB RSS) dominates small models and is added.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from receler.errors import UserError, cli_entry, setup_logging
+
+logger = logging.getLogger("receler.estimate_memory")
+
+FP8_OVERHEAD = 0.29   # fp8 storage: compute-dtype weight copies alive during backward, per fp8 weight byte
+# Peak RSS of the Python + torch + diffusers process around a tiny update: 0.40-0.55 GiB depending on the
+# machine and its libraries, so CPU estimates are rough; the GPU terms are what the estimator is fitted to.
+CPU_RUNTIME = 0.40 * 2**30
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+MASK_CHUNK_ELEMENTS = 2**26  # receler.localization.DEFAULT_CHUNK_ELEMENTS
+
+
+@dataclass
+class ModelShape:
+    """What the estimate needs to know about a transformer and a video size."""
+
+    family: str
+    blocks: int
+    width: int
+    heads: int
+    params: int
+    linear_params_in_blocks: int
+    eraser_widths: list
+    video_tokens: int
+    text_tokens: int
+    joint_text: bool  # text travels through every block with the video (CogVideoX, HunyuanVideo)
+    saved_per_block: float
+    backward_transient: float
+
+
+def model_shape(family, transformer, pipe, num_frames, height, width) -> ModelShape:
+    """Measure a transformer (real, or built on the ``meta`` device) for the estimate."""
+    frames, rows, cols = family.token_grid(pipe, num_frames, height, width)
+    blocks = family.block_modules(transformer)
+    linear = sum(m.weight.numel() for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear))
+    widths = [w for _, w in family.layout.expected_shapes(transformer)]
+    attn = family.layout.attention(family.layout.blocks(transformer)[0])
+    return ModelShape(
+        family=family.name, blocks=len(blocks), width=max(widths), heads=attn.heads,
+        params=sum(p.numel() for n, p in transformer.named_parameters() if ".adapter." not in n),
+        linear_params_in_blocks=linear, eraser_widths=widths, video_tokens=frames * rows * cols,
+        text_tokens=family.text_tokens(transformer.config), joint_text=family.name != "wan",
+        saved_per_block=family.memory_saved_per_block, backward_transient=family.memory_backward_transient,
+    )
+
+
+def estimate(shape: ModelShape, batch_size=1, dtype="bfloat16", checkpoint_blocks=0, fp8=False, eraser_rank=128,
+             localization=False, device="cuda", frozen_copy=False, offload_activations=False, heads=None) -> dict:
+    """Peak bytes of one update, broken down by what holds them. ``frozen_copy`` adds a second backbone
+    (the naive two-model setup the benchmark compares against)."""
+    b = 4 if dtype == "float32" else 2
+    tokens = shape.video_tokens + shape.text_tokens if shape.joint_text else shape.video_tokens
+    nd = batch_size * tokens * shape.width * b
+    if fp8:
+        fp8_bytes = shape.linear_params_in_blocks
+        weights = (shape.params - shape.linear_params_in_blocks) * b + fp8_bytes + FP8_OVERHEAD * fp8_bytes
+    else:
+        weights = shape.params * b
+    if frozen_copy:
+        weights += shape.params * b
+    eraser_params = sum(2 * w * eraser_rank + eraser_rank + w for w in shape.eraser_widths)
+    ckpt = max(0, min(checkpoint_blocks, shape.blocks))
+    kept_inputs = 0 if offload_activations else ckpt * nd  # offloaded inputs live in CPU memory
+    saved = (shape.blocks - ckpt) * shape.saved_per_block * nd + kept_inputs
+    transient = shape.backward_transient * nd
+    targets = batch_size * shape.video_tokens * shape.width * (2 * b + 4)
+    backward = saved + transient + targets
+    keys = tokens if shape.joint_text else shape.text_tokens
+    chunk = min(MASK_CHUNK_ELEMENTS, batch_size * shape.heads * shape.video_tokens * keys)
+    mask = 3 * 4 * chunk + targets if localization else 0
+    breakdown = {
+        "weights": weights,
+        "erasers_and_adamw": 16 * eraser_params,
+        "activations_saved": saved,
+        "backward_transient": transient,
+        "targets": targets,
+        "localization_chunk": mask,
+    }
+    peak = weights + 16 * eraser_params + max(backward, mask)
+    if str(device).startswith("cpu"):
+        breakdown["python_runtime"] = CPU_RUNTIME
+        peak += CPU_RUNTIME
+        if offload_activations:  # on a CPU the "offloaded" inputs stay in the same memory
+            peak += ckpt * nd
+    breakdown["peak"] = peak
+    return breakdown
+
+
+def fewest_checkpointed_blocks(family, transformer, args, budget_bytes) -> int:
+    """The fewest blocks to checkpoint (fewest = fastest) for an update to fit ``budget_bytes``."""
+    shape = model_shape(family, transformer, _pipe_of(family, transformer), args.num_frames, args.height, args.width)
+    common = dict(batch_size=args.batch_size, dtype=args.dtype, fp8=args.fp8_weights, eraser_rank=args.eraser_rank,
+                  localization=args.alpha > 0, offload_activations=getattr(args, "offload_activations", False))
+    for count in range(shape.blocks + 1):
+        if estimate(shape, checkpoint_blocks=count, **common)["peak"] <= budget_bytes:
+            return count
+    need = estimate(shape, checkpoint_blocks=shape.blocks, **common)["peak"]
+    logger.warning("even with every block checkpointed the update needs ~%.1f GiB (%.1f GiB free): add --fp8_weights, "
+                   "fewer --num_frames or a smaller size", need / 2**30, budget_bytes / 2**30)
+    return shape.blocks
+
+
+def _pipe_of(family, transformer):
+    from receler.presets import pipeline_around
+
+    return pipeline_around(family, transformer)
+
+
+def load_shape(args) -> tuple:
+    """``(family, transformer on the meta device, preset defaults)`` from ``--preset`` or ``--model_path``."""
+    from receler.families import get_family, resolve_family
+    from receler.presets import PRESETS, Preset, build_transformer
+
+    if args.preset:
+        preset = PRESETS[args.preset]
+        if preset.name == "tiny":
+            from receler.tiny import build_tiny_pipeline
+
+            pipe = build_tiny_pipeline("cogvideox")
+            return get_family("cogvideox"), pipe.transformer, preset
+        return get_family(preset.family), build_transformer(preset, torch.bfloat16, "meta"), preset
+    family = resolve_family("auto", args.model_path)
+    config_file = Path(args.model_path) / "transformer" / "config.json"
+    if not config_file.exists():
+        raise UserError(f"{config_file} does not exist: --model_path must be a diffusers pipeline folder with transformer/")
+    config = {k: v for k, v in json.loads(config_file.read_text()).items() if not k.startswith("_")}
+    preset = Preset("model", family.name, config)
+    frames, height, width = family.default_video_size(_pipe_of(family, build_transformer(preset, torch.bfloat16, "meta")))
+    preset = Preset("model", family.name, config, frames, height, width)
+    return family, build_transformer(preset, torch.bfloat16, "meta"), preset
+
+
+def parse_args(argv=None):
+    from receler.presets import PRESETS
+
+    p = argparse.ArgumentParser(description="Estimate the peak memory of one eraser-training update (weights, erasers "
+                                "+ AdamW, activations with and without checkpointing, targets, mask chunks) and "
+                                "recommend settings that fit a GPU.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model_path", help="a diffusers pipeline folder (only transformer/config.json is read)")
+    src.add_argument("--preset", choices=tuple(PRESETS), help="a full-size configuration (see benchmarks/bench_train_step.py)")
+    p.add_argument("--batch_size", type=int, default=1, help="prompts per update")
+    p.add_argument("--num_frames", type=int, default=None, help="frames (default: the model's / preset's)")
+    p.add_argument("--height", type=int, default=None, help="height in pixels (default: the model's / preset's)")
+    p.add_argument("--width", type=int, default=None, help="width in pixels (default: the model's / preset's)")
+    p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="bfloat16", help="backbone dtype")
+    p.add_argument("--eraser_rank", type=int, default=128, help="eraser rank")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="checkpoint every block")
+    p.add_argument("--checkpoint_blocks", type=int, default=None, help="checkpoint only this many blocks")
+    p.add_argument("--fp8_weights", action="store_true", help="fp8 weight storage")
+    p.add_argument("--offload_activations", action="store_true", help="checkpointed blocks' inputs kept in CPU memory")
+    p.add_argument("--two_copies", action="store_true",
+                   help="a separate frozen copy of the backbone (the naive setup the benchmark compares against)")
+    p.add_argument("--use_cpu_offload", "--cpu_offload", dest="use_cpu_offload", action="store_true",
+                   help="the trainer's offload only moves the text encoder, which training never holds anyway: "
+                   "the estimate is unchanged (listed for the seed CLI's compatibility)")
+    p.add_argument("--alpha", type=float, default=1.0, help="localization weight (0: no mask computation)")
+    p.add_argument("--device", default="cuda", help="cuda or cpu (cpu adds the Python runtime's memory)")
+    p.add_argument("--recommend", action="store_true", help="list settings from fastest to leanest and mark what fits")
+    p.add_argument("--gpu_memory", type=float, default=24.0, help="GPU memory in GiB for --recommend")
+    p.add_argument("--json", default=None, help="also write the estimate as JSON here")
+    return p.parse_args(argv)
+
+
+def _gib(x):
+    return f"{x / 2**30:.2f}"
+
+
+@cli_entry
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging()
+    family, transformer, preset = load_shape(args)
+    frames = args.num_frames or preset.num_frames
+    height, width = args.height or preset.height, args.width or preset.width
+    family.check_frames(frames)
+    shape = model_shape(family, transformer, _pipe_of(family, transformer), frames, height, width)
+    ckpt = shape.blocks if args.gradient_checkpointing else (args.checkpoint_blocks or 0)
+    common = dict(batch_size=args.batch_size, dtype=args.dtype, eraser_rank=args.eraser_rank,
+                  localization=args.alpha > 0, device=args.device)
+    result = estimate(shape, checkpoint_blocks=ckpt, fp8=args.fp8_weights, frozen_copy=args.two_copies,
+                      offload_activations=args.offload_activations, **common)
+    name = args.preset or args.model_path
+    print(f"{name}: {family.display_name}, {shape.params / 1e9:.2f} B parameters, {shape.blocks} blocks x {shape.width}, "
+          f"{frames} frames x {height}x{width} = {shape.video_tokens} video tokens (+{shape.text_tokens} text)")
+    print(f"settings: {args.dtype}{' + fp8 storage' if args.fp8_weights else ''}, {ckpt} of {shape.blocks} blocks "
+          f"checkpointed, batch {args.batch_size}, rank {args.eraser_rank}")
+    print("| part | GiB |\n|---|---|")
+    for k, v in result.items():
+        if k != "peak":
+            print(f"| {k} | {_gib(v)} |")
+    print(f"| **peak** | **{_gib(result['peak'])}** |")
+    report = {"model": name, "shape": vars(shape), "settings": {**vars(args), "checkpoint_blocks": ckpt}, "estimate": result}
+    if args.recommend:
+        budget = args.gpu_memory * 2**30
+        print(f"\nsettings for a {args.gpu_memory:g} GiB GPU, roughly fastest first (checkpointing ~+25%, "
+              f"fp8 storage ~+0%, activation offload ~+10% per update):")
+        print("| settings | peak GiB | fits |\n|---|---|---|")
+        options = []
+        for fp8, offload in ((False, False), (True, False), (False, True), (True, True)):
+            def peak_of(count):
+                return estimate(shape, checkpoint_blocks=count, fp8=fp8, offload_activations=offload, **common)["peak"]
+
+            fewest = next((c for c in range(shape.blocks + 1) if peak_of(c) <= budget), None)
+            counts = [shape.blocks] if offload else sorted({0, shape.blocks} | ({fewest} if fewest is not None else set()))
+            for count in counts:
+                label = ("no checkpointing" if count == 0 else "--gradient_checkpointing" if count == shape.blocks
+                         else f"--checkpoint_blocks {count}")
+                flags = ("--fp8_weights " if fp8 else "") + label + (" --offload_activations" if offload else "")
+                peak = peak_of(count)
+                options.append({"flags": flags, "peak": peak, "fits": peak <= budget})
+                print(f"| {flags} | {_gib(peak)} | {'yes' if peak <= budget else 'no'} |")
+        best = next((o for o in options if o["fits"]), None)
+        print(f"\nrecommended: {best['flags']}" if best else
+              "\nnothing fits: reduce --num_frames or --height/--width, or use a GPU with more memory")
+        report["recommendation"] = best
+        report["options"] = options
+    if args.json:
+        from receler.io_utils import atomic_write_json
+
+        atomic_write_json(args.json, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
