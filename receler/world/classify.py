@@ -1,0 +1,237 @@
+"""Deterministic pixel classifier for the shapes world: which colour and shape a frame shows.
+
+Designed to judge a small generative model's output, so it must tolerate blur, noise,
+brightness changes and compression artefacts:
+
+* the background is the median colour of the border (it need not match the palette exactly);
+* foreground is whatever is far from the background, after a 3x3 median filter removes
+  isolated noisy pixels;
+* colours are judged by hue, which survives darkening, blur towards an achromatic background
+  and moderate noise, and only on pixels with enough chroma to have a meaningful hue;
+* the shape comes from simple geometry of the largest foreground blob, cut at half its own
+  contrast to undo blur: the fill ratio of its bounding box (square ~1.0, circle ~0.8,
+  triangle ~0.5) and, for triangles whose corners blur rounded, the share of its area in the
+  bottom half of the box (the world's triangles point up).
+
+Frames are ``uint8`` RGB ``[H, W, 3]``, videos ``[F, H, W, 3]``; convert model output first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from receler.world.scenes import COLORS, SHAPES
+
+# RGB distance from the background above which a pixel is foreground. Palette colours are at
+# least ~150 away from every background; noise of sigma 20 rarely exceeds 60 after the median filter.
+FOREGROUND_DISTANCE = 60.0
+# Below this chroma (max - min channel, 0..255) a pixel's hue is too unreliable to name a colour.
+MIN_CHROMA = 40.0
+# Less foreground than this fraction of the frame counts as "nothing there" (a 64 px frame
+# has 4096 pixels; the smallest rendered shape, a triangle, covers ~4 % of it).
+MIN_FOREGROUND_FRACTION = 0.005
+# Fill-ratio boundaries between triangle (~0.5), circle (~0.785) and square (~1.0).
+TRIANGLE_CIRCLE_BOUNDARY = 0.64
+CIRCLE_SQUARE_BOUNDARY = 0.89
+# Share of a blob's area in the bottom half of its bounding box: 0.75 for the upward triangle,
+# 0.5 for circle and square.
+TRIANGLE_MIN_BOTTOM_SHARE = 0.6
+# Gaussian sigma (pixels) applied to the distance map before cutting out a blob's outline.
+SHAPE_SMOOTHING_SIGMA = 1.0
+# video_shows_color: a colour is "shown" in a frame when it covers at least this fraction of
+# the foreground (two equal shapes get ~0.5 each).
+DEFAULT_MIN_COLOR_FRACTION = 0.2
+# classify_frame names no colour when even the commonest one covers less of the foreground
+# than this (a grey or washed-out blob has no colour).
+MIN_DOMINANT_COLOR_FRACTION = 0.2
+
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+
+
+def _hue_and_chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hue in degrees [0, 360) and chroma (max - min) of float RGB pixels ``[..., 3]``."""
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    high = rgb.max(axis=-1)
+    chroma = high - rgb.min(axis=-1)
+    safe = np.where(chroma > 0, chroma, 1.0)
+    hue = np.where(
+        high == red,
+        ((green - blue) / safe) % 6.0,
+        np.where(high == green, (blue - red) / safe + 2.0, (red - green) / safe + 4.0),
+    )
+    return (hue * 60.0) % 360.0, chroma
+
+
+PALETTE_HUES = _hue_and_chroma(np.array([COLORS[name] for name in COLOR_NAMES], dtype=np.float64))[0]
+
+
+@dataclass(frozen=True)
+class FrameLabel:
+    """What one frame shows: dominant colour, shape of the largest blob, share of foreground pixels."""
+
+    color: str | None
+    shape: str | None
+    foreground_fraction: float
+
+
+@dataclass(frozen=True)
+class VideoLabel:
+    """Majority colour and shape over a video's frames, with the per-frame labels behind them."""
+
+    color: str | None
+    shape: str | None
+    per_frame: list[FrameLabel] = field(default_factory=list)
+
+
+def _check_frame(frame: np.ndarray) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"expected a frame of shape [H, W, 3], got {frame.shape}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 frame, got {frame.dtype}")
+    if min(frame.shape[:2]) < 3:
+        raise ValueError(f"frame too small to classify: {frame.shape}")
+    return frame
+
+
+def _check_video(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        raise ValueError(f"expected frames of shape [F, H, W, 3] with F >= 1, got {frames.shape}")
+    return frames
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    distance: np.ndarray  # float32 [H, W]: RGB distance from the background
+    foreground: np.ndarray  # bool [H, W]
+    color_index: np.ndarray  # int [H, W]: palette index per pixel, -1 where unassigned
+
+    @property
+    def enough_foreground(self) -> bool:
+        return self.foreground.mean() >= MIN_FOREGROUND_FRACTION
+
+
+def _analyse(frame: np.ndarray) -> _Analysis:
+    frame = _check_frame(frame)
+    # The median filter removes isolated noisy pixels but keeps the shapes' edges sharp.
+    smoothed = cv2.medianBlur(np.ascontiguousarray(frame), 3).astype(np.float32)
+    border = np.concatenate([smoothed[0], smoothed[-1], smoothed[1:-1, 0], smoothed[1:-1, -1]])
+    background = np.median(border, axis=0).astype(np.float32)
+    distance = np.linalg.norm(smoothed - background, axis=-1)
+    foreground = distance > FOREGROUND_DISTANCE
+
+    hue, chroma = _hue_and_chroma(smoothed)
+    hue_gap = np.abs((hue[..., None] - PALETTE_HUES + 180.0) % 360.0 - 180.0)
+    nearest = hue_gap.argmin(axis=-1)
+    color_index = np.where(foreground & (chroma >= MIN_CHROMA), nearest, -1)
+    return _Analysis(distance, foreground, color_index)
+
+
+def _fractions(analysis: _Analysis) -> dict[str, float]:
+    total = int(analysis.foreground.sum())
+    if not analysis.enough_foreground or total == 0:
+        return {name: 0.0 for name in COLOR_NAMES}
+    counts = np.bincount(analysis.color_index[analysis.color_index >= 0], minlength=len(COLOR_NAMES))
+    return {name: float(counts[i]) / total for i, name in enumerate(COLOR_NAMES)}
+
+
+def _largest_component(mask: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Mask and stats row (x, y, width, height, area) of the largest 8-connected blob."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:  # label 0 is the background
+        return None, None
+    blob = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == blob, stats[blob]
+
+
+def _shape_features(blob: np.ndarray) -> tuple[float, float]:
+    """(fill ratio of the bounding box, share of the area in the bottom half of the box)."""
+    rows = np.flatnonzero(blob.any(axis=1))
+    cols = np.flatnonzero(blob.any(axis=0))
+    top, bottom = rows[0], rows[-1] + 1
+    height, width = bottom - top, cols[-1] + 1 - cols[0]
+    area = blob.sum()
+    # Rows straddling the middle of the box count half to each half.
+    row_areas = blob[top:bottom].sum(axis=1).astype(np.float64)
+    row_centres = np.arange(height) + 0.5
+    weights = np.clip(row_centres - height / 2 + 0.5, 0.0, 1.0)
+    bottom_share = float((row_areas * weights).sum() / area)
+    return float(area / (height * width)), bottom_share
+
+
+def _shape_of_largest_blob(distance: np.ndarray, foreground: np.ndarray) -> str | None:
+    blob, stats = _largest_component(foreground)
+    if blob is None or stats[cv2.CC_STAT_AREA] < MIN_FOREGROUND_FRACTION * foreground.size:
+        return None
+    # Blur widens a shape at the fixed threshold and rounds it; cutting at half its own
+    # contrast recovers the outline the shape had before blurring.
+    # Smoothing first keeps noise from fraying the outline (which would lower a square's fill).
+    smooth_distance = cv2.GaussianBlur(distance, (0, 0), SHAPE_SMOOTHING_SIGMA)
+    half_contrast = 0.5 * float(np.percentile(smooth_distance[blob], 90))
+    core, _ = _largest_component(blob & (smooth_distance > half_contrast))
+    if core is None:
+        return None
+    fill, bottom_share = _shape_features(core)
+    # Blur cuts off a triangle's apex and corners, which raises its fill ratio towards a
+    # circle's; that its area sits mostly in the bottom half (it points up) survives blur.
+    if fill < TRIANGLE_CIRCLE_BOUNDARY or bottom_share >= TRIANGLE_MIN_BOTTOM_SHARE:
+        return "triangle"
+    if fill >= CIRCLE_SQUARE_BOUNDARY:
+        return "square"
+    return "circle"
+
+
+def frame_color_fractions(frame: np.ndarray) -> dict[str, float]:
+    """For every palette colour, the fraction of the frame's foreground pixels showing it.
+
+    Foreground pixels too grey to have a hue count in the denominator but for no colour, so
+    the fractions sum to at most 1; a frame with (almost) no foreground gives all zeros.
+    """
+    return _fractions(_analyse(frame))
+
+
+def classify_frame(frame: np.ndarray) -> FrameLabel:
+    """Dominant colour (by hue), shape of the largest blob and foreground fraction of one frame.
+
+    ``color`` and ``shape`` are None when there is (almost) no foreground; ``color`` is also
+    None when the foreground is mostly grey.
+    """
+    analysis = _analyse(frame)
+    foreground_fraction = float(analysis.foreground.mean())
+    if not analysis.enough_foreground:
+        return FrameLabel(None, None, foreground_fraction)
+    fractions = _fractions(analysis)
+    best = max(COLOR_NAMES, key=lambda name: fractions[name])  # ties: palette order
+    color = best if fractions[best] >= MIN_DOMINANT_COLOR_FRACTION else None
+    return FrameLabel(color, _shape_of_largest_blob(analysis.distance, analysis.foreground), foreground_fraction)
+
+
+def _majority(labels: list, order: tuple[str, ...]) -> str | None:
+    """Most frequent label; ties prefer a real label over None, then the vocabulary order."""
+    counts = Counter(labels)
+    return min(counts, key=lambda label: (-counts[label], label is None, order.index(label) if label else 0))
+
+
+def classify_video(frames: np.ndarray) -> VideoLabel:
+    """Classify every frame of ``[F, H, W, 3]`` and take the majority colour and shape."""
+    per_frame = [classify_frame(frame) for frame in _check_video(frames)]
+    color = _majority([label.color for label in per_frame], COLOR_NAMES)
+    shape = _majority([label.shape for label in per_frame], SHAPES)
+    return VideoLabel(color, shape, per_frame)
+
+
+def video_shows_color(frames: np.ndarray, color: str, min_fraction: float = DEFAULT_MIN_COLOR_FRACTION) -> bool:
+    """True when ``color`` covers at least ``min_fraction`` of the foreground in most frames.
+
+    Works for two-shape videos: each shape's colour covers about half of the foreground.
+    """
+    if color not in COLORS:
+        raise ValueError(f"unknown color {color!r}; expected one of: {', '.join(COLOR_NAMES)}")
+    frames = _check_video(frames)
+    showing = sum(frame_color_fractions(frame)[color] >= min_fraction for frame in frames)
+    return showing * 2 > len(frames)

@@ -1,0 +1,624 @@
+#!/usr/bin/env python
+"""Train the world model: a tiny CogVideoX text-to-video pipeline that knows the shapes world.
+
+Three stages, all on CPU, reproducible from ``--seed`` (same machine, same thread count):
+
+1. a small random T5 encoder (frozen) with the word-level tokenizer: every world word is one
+   token, so colour words reach the transformer as distinct vectors without training the encoder;
+2. an ``AutoencoderKLCogVideoX`` (8x space, 4x time, like the real one) trained to reconstruct world
+   videos, with extra weight on the shape's pixels (they are ~10 % of a frame, and the colour and
+   shape the benchmark measures live there);
+3. a ``CogVideoXTransformer3DModel`` trained as a v-prediction diffusion model on the frozen VAE's
+   latents with CogVideoX-2b's scheduler and 10 % caption dropout (so classifier-free guidance
+   works). Latents and prompt embeddings are computed once, so a step costs the transformer only.
+
+The VAE and transformer are saved in float16 (a few MB in all); the folder is reloaded in float32
+and the reloaded pipeline is evaluated with the pixel classifier on the world's 72 evaluation
+prompts; the accuracies go into ``training_summary.json`` in the folder.
+
+    python scripts/train_world_model.py --output_dir models/world-cogvideox --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from receler.errors import UserError, cli_entry, setup_logging  # noqa: E402
+from receler.io_utils import atomic_write_json  # noqa: E402
+from receler.world import evaluation_prompts, make_dataset  # noqa: E402
+from receler.world import model as world_model  # noqa: E402
+
+logger = logging.getLogger("train_world_model")
+
+DEFAULT_OUTPUT_DIR = "models/world-cogvideox"
+# Tokens of the longest caption ("a purple triangle moving right and a yellow square moving down on a
+# black background") with the word-level tokenizer, </s> included: shorter prompts would be cut.
+LONGEST_CAPTION_TOKENS = 17
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    general = parser.add_argument_group("general")
+    general.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR,
+                         help="Folder to write the pipeline to (replaced atomically at the end if it holds a model).")
+    general.add_argument("--seed", type=int, default=0, help="Seed for data, initial weights and training noise.")
+    general.add_argument("--threads", type=int, default=2,
+                         help="CPU threads for torch (timings, and the last bits of the weights, depend on it). On a "
+                              "busy shared machine 1 thread can be several times faster than 2.")
+    general.add_argument("--save_dtype", choices=["float16", "float32"], default="float16",
+                         help="Precision of the saved VAE and transformer; float16 halves the folder and loads back in "
+                              "float32 (the tiny text encoder is always saved in float32).")
+    general.add_argument("--verbose", action="store_true", help="Debug logging.")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--num_videos", type=int, default=8000,
+                      help="World videos encoded once for the transformer (latents are precomputed).")
+    data.add_argument("--vae_videos", type=int, default=2000, help="World videos in the VAE's training pool.")
+    data.add_argument("--two_shape_prob", type=float, default=0.3,
+                      help="Share of training videos with two shapes (the world's default mix).")
+
+    text = parser.add_argument_group("text encoder (random T5, frozen)")
+    text.add_argument("--text_len", type=int, default=world_model.TEXT_LENGTH,
+                      help="Tokens per prompt incl. </s> (two-shape captions need 17); also the transformer's "
+                           "max_text_seq_length.")
+    text.add_argument("--text_dim", type=int, default=64, help="Width of the T5 encoder.")
+    text.add_argument("--text_layers", type=int, default=2, help="T5 encoder layers.")
+
+    vae = parser.add_argument_group("VAE (first on single frames, then on whole clips)")
+    vae.add_argument("--vae_channels", default="8,16,32,32",
+                     help="block_out_channels of the 4 down/up blocks (comma-separated).")
+    vae.add_argument("--latent_channels", type=int, default=16,
+                     help="Latent channels (16 reconstructed motion better than 8 at the same cost).")
+    vae.add_argument("--vae_image_steps", type=int, default=500,
+                     help="Steps on single frames: ~9x cheaper per image than clips, they teach the spatial code.")
+    vae.add_argument("--vae_image_batch_size", type=int, default=32, help="Frames per single-frame step.")
+    vae.add_argument("--vae_image_lr", type=float, default=2e-3, help="Peak AdamW learning rate on single frames.")
+    vae.add_argument("--vae_steps", type=int, default=1000,
+                     help="Steps on whole clips: they teach the temporal code (motion within a latent frame).")
+    vae.add_argument("--vae_batch_size", type=int, default=4, help="Clips per clip step.")
+    vae.add_argument("--vae_lr", type=float, default=1e-3, help="Peak AdamW learning rate on clips.")
+    vae.add_argument("--vae_kl_weight", type=float, default=1e-3,
+                     help="Weight of the KL term (per latent element) next to the per-pixel reconstruction loss.")
+    vae.add_argument("--vae_foreground_weight", type=float, default=9.0,
+                     help="Extra loss weight on pixels that differ from the background (the shapes).")
+    vae.add_argument("--vae_from", default=None,
+                     help="Reuse the tokenizer, text encoder and VAE of this world-model folder and train only the "
+                          "transformer (for iterating on the transformer).")
+
+    tr = parser.add_argument_group("transformer")
+    tr.add_argument("--num_layers", type=int, default=4, help="Transformer blocks.")
+    tr.add_argument("--num_heads", type=int, default=8, help="Attention heads (width = heads x head_dim).")
+    tr.add_argument("--head_dim", type=int, default=16, help="Channels per attention head.")
+    tr.add_argument("--transformer_steps", type=int, default=4000, help="Transformer training steps.")
+    tr.add_argument("--batch_size", type=int, default=64, help="Videos per transformer step.")
+    tr.add_argument("--lr", type=float, default=1e-3, help="Peak AdamW learning rate (linear warmup, cosine decay).")
+    tr.add_argument("--warmup_steps", type=int, default=200, help="Learning-rate warmup steps.")
+    tr.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay.")
+    tr.add_argument("--caption_dropout", type=float, default=0.1,
+                    help="Share of training prompts replaced by the empty prompt, for classifier-free guidance.")
+    tr.add_argument("--ema_decay", type=float, default=0.999,
+                    help="Decay of the weight average that is saved (0 saves the raw weights).")
+
+    ev = parser.add_argument_group("evaluation (on the saved, reloaded pipeline)")
+    ev.add_argument("--eval_guidance", default="1,4,6",
+                    help="Comma-separated guidance scales to measure; the first is the headline number.")
+    ev.add_argument("--eval_inference_steps", type=int, default=world_model.NUM_INFERENCE_STEPS,
+                    help="DDIM steps per rendered video.")
+    ev.add_argument("--eval_prompts", type=int, default=None,
+                    help="Evaluate only the first N of the 72 evaluation prompts (default: all).")
+    ev.add_argument("--skip_eval", action="store_true", help="Save the model without measuring it.")
+    ev.add_argument("--eval_every", type=int, default=1000,
+                    help="Also measure colour accuracy on the 14 quick prompts every N transformer steps (0: never).")
+    ev.add_argument("--log_every", type=int, default=100, help="Log the running loss every N steps.")
+    args = parser.parse_args(argv)
+
+    try:
+        args.vae_channels = tuple(int(c) for c in args.vae_channels.split(","))
+        args.eval_guidance = [float(g) for g in args.eval_guidance.split(",")]
+    except ValueError as err:
+        raise UserError(f"--vae_channels and --eval_guidance take comma-separated numbers ({err})") from None
+    if len(args.vae_channels) != 4:
+        raise UserError(f"--vae_channels needs 4 numbers (8x spatial needs 4 blocks), got {args.vae_channels}")
+    for name in ("num_videos", "vae_videos", "vae_batch_size", "vae_image_batch_size", "batch_size", "threads",
+                 "text_len"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.text_len < LONGEST_CAPTION_TOKENS:
+        raise UserError(
+            f"--text_len {args.text_len} would cut two-shape captions; use at least {LONGEST_CAPTION_TOKENS}"
+        )
+    if not 0.0 <= args.caption_dropout < 1.0:
+        raise UserError(f"--caption_dropout must be in [0, 1), got {args.caption_dropout}")
+    return args
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def world_videos(n: int, seed: int, two_shape_prob: float, chunk: int = 500):
+    """Yield ``(captions, uint8 videos [k, F, H, W, 3])`` chunks of ``n`` world videos.
+
+    Chunks keep memory flat for large ``n``; each chunk's seed derives from ``seed``.
+    """
+    chunk_seeds = np.random.SeedSequence(seed).generate_state(math.ceil(n / chunk))
+    for index, chunk_seed in enumerate(chunk_seeds):
+        size = min(chunk, n - index * chunk)
+        pairs = make_dataset(size, seed=int(chunk_seed), two_shape_prob=two_shape_prob)
+        yield [caption for caption, _ in pairs], np.stack([video for _, video in pairs])
+
+
+def to_model_video(videos: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, F, H, W, 3]`` -> float ``[B, 3, F, H, W]`` in [-1, 1], the VAE's input layout."""
+    return torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+def build_text_encoder(args):
+    """Word-level T5 tokenizer and a small random T5 encoder.
+
+    Random weights suffice: T5's residual stream keeps each token's own (random, distinct)
+    embedding dominant, and the final RMS norm gives unit-scale outputs.
+    """
+    from transformers import T5Config, T5EncoderModel
+
+    from receler.tiny.tokenizers import build_t5_tokenizer
+
+    tokenizer = build_t5_tokenizer(model_max_length=args.text_len)
+    torch.manual_seed(args.seed)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=args.text_dim,
+        d_kv=args.text_dim // 4,
+        d_ff=2 * args.text_dim,
+        num_layers=args.text_layers,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
+    )
+    return tokenizer, T5EncoderModel(config).eval().requires_grad_(False)
+
+
+def load_frozen_parts(args):
+    """Tokenizer, text encoder and VAE of an existing world-model folder (``--vae_from``), in float32."""
+    from diffusers import AutoencoderKLCogVideoX
+    from transformers import T5EncoderModel
+
+    from receler.tiny.tokenizers import build_t5_tokenizer
+
+    folder = Path(args.vae_from)
+    if not (folder / "vae" / "config.json").is_file():
+        raise UserError(f"--vae_from {folder} is not a world-model folder (no vae/config.json)")
+    vae = AutoencoderKLCogVideoX.from_pretrained(folder, subfolder="vae", dtype=torch.float32)
+    text_encoder = T5EncoderModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    # The tokenizer is rebuilt (it is fixed by the vocabulary) so --text_len may differ from the folder's.
+    tokenizer = build_t5_tokenizer(model_max_length=args.text_len)
+    args.latent_channels = vae.config.latent_channels
+    logger.info("reusing the text encoder and VAE of %s", folder)
+    return tokenizer, text_encoder.eval().requires_grad_(False), vae.eval().requires_grad_(False), {
+        "reused_from": str(folder)
+    }
+
+
+def build_vae(args):
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(args.seed + 1)
+    return AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=args.vae_channels,
+        latent_channels=args.latent_channels,
+        layers_per_block=1,
+        norm_num_groups=4,
+        temporal_compression_ratio=4,
+        sample_height=world_model.HEIGHT,
+        sample_width=world_model.WIDTH,
+    )
+
+
+def build_transformer(args, text_dim: int):
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(args.seed + 2)
+    width = args.num_heads * args.head_dim
+    return CogVideoXTransformer3DModel(
+        num_attention_heads=args.num_heads,
+        attention_head_dim=args.head_dim,
+        in_channels=args.latent_channels,
+        out_channels=args.latent_channels,
+        time_embed_dim=width,
+        text_embed_dim=text_dim,
+        num_layers=args.num_layers,
+        sample_width=world_model.WIDTH // 8,
+        sample_height=world_model.HEIGHT // 8,
+        sample_frames=world_model.NUM_FRAMES,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=args.text_len,
+        use_rotary_positional_embeddings=False,  # CogVideoX-2b layout: sincos positions
+    )
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    """Linear warmup to ``peak``, then cosine decay to ``floor * peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def foreground_weights(video: torch.Tensor, extra: float) -> torch.Tensor:
+    """Per-pixel loss weights ``[B, 1, F, H, W]``: 1 on the background, ``1 + extra`` on shapes.
+
+    World backgrounds are flat, so the top-left pixel of a frame is its background colour.
+    """
+    background = video[:, :, :, :1, :1]
+    shapes = (video - background).abs().amax(dim=1, keepdim=True) > 0.1
+    return 1.0 + extra * shapes.float()
+
+
+def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator):
+    """Weighted per-pixel MSE of a sampled reconstruction plus a small KL term (keeps latents tame)."""
+    posterior = vae.encode(video).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+    weights = foreground_weights(video, args.vae_foreground_weight)
+    rec = ((reconstruction - video) ** 2 * weights).mean() / weights.mean()
+    kl = posterior.kl().sum() / posterior.mean.numel()
+    return rec + args.vae_kl_weight * kl, rec, kl
+
+
+def train_vae(vae, args) -> dict:
+    """Train the VAE on a pool of world videos: single frames first, then whole clips.
+
+    From scratch on clips alone the VAE learns slowly (one clip costs ~9 frames but shows
+    about one image's worth of content); frames teach colours and shapes cheaply, then clips
+    teach the temporal layers to encode motion within each 4-frame latent.
+    """
+    from tqdm.auto import tqdm
+
+    _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + 100, two_shape_prob=args.two_shape_prob))
+    pool = np.concatenate(pool)
+    generator = torch.Generator().manual_seed(args.seed + 101)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    vae.train()
+    stats = {}
+    phases = [
+        ("frames", args.vae_image_steps, args.vae_image_batch_size, args.vae_image_lr),
+        ("clips", args.vae_steps, args.vae_batch_size, args.vae_lr),
+    ]
+    for phase, steps, batch_size, peak_lr in phases:
+        running = None
+        progress = tqdm(range(steps), desc=f"vae ({phase})", unit="step", mininterval=5)
+        for step in progress:
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, steps, peak_lr, warmup=min(20, steps))
+            index = torch.randint(len(pool), (batch_size,), generator=generator).numpy()
+            if phase == "frames":
+                frame = torch.randint(pool.shape[1], (batch_size,), generator=generator).numpy()
+                batch = pool[index, frame][:, None]  # [B, 1, H, W, 3]: one-frame videos
+            else:
+                batch = pool[index]
+            loss, rec, kl = vae_loss(vae, to_model_video(batch), args, generator)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"VAE loss is not finite at {phase} step {step}; lower the VAE learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            running = rec.item() if running is None else 0.95 * running + 0.05 * rec.item()
+            progress.set_postfix(rec=f"{running:.4f}", kl=f"{kl.item():.3f}", refresh=False)
+            if (step + 1) % args.log_every == 0 or step + 1 == steps:
+                logger.info("vae %s step %d/%d: weighted reconstruction %.4f (running), kl %.3f", phase, step + 1,
+                            steps, running, kl.item())
+        stats[f"final_reconstruction_loss_{phase}"] = running
+    vae.eval().requires_grad_(False)
+    return stats
+
+
+@torch.no_grad()
+def encode_videos(vae, videos: np.ndarray, batch_size: int = 16) -> torch.Tensor:
+    """Posterior means, in the transformer's layout ``[B, F_latent, C, h, w]`` (unscaled)."""
+    latents = []
+    for start in range(0, len(videos), batch_size):
+        mean = vae.encode(to_model_video(videos[start : start + batch_size])).latent_dist.mode()
+        latents.append(mean.permute(0, 2, 1, 3, 4))
+    return torch.cat(latents)
+
+
+def encode_dataset(pipe, args):
+    """Latents of ``--num_videos`` world videos and the index of each one's caption embedding.
+
+    Returns ``(latents, caption_index, caption_embeds)``; captions repeat, so each distinct one is
+    encoded once with the pipeline's own ``encode_prompt`` (the exact inference path).
+    """
+    from tqdm.auto import tqdm
+
+    latents, captions = [], []
+    chunks = world_videos(args.num_videos, seed=args.seed + 200, two_shape_prob=args.two_shape_prob)
+    total = math.ceil(args.num_videos / 500)
+    for chunk_captions, videos in tqdm(chunks, total=total, desc="encode videos", unit="chunk"):
+        latents.append(encode_videos(pipe.vae, videos))
+        captions.extend(chunk_captions)
+    distinct = sorted(set(captions))
+    position = {caption: i for i, caption in enumerate(distinct)}
+    caption_embeds = embed_prompts(pipe, distinct, args.text_len)
+    caption_index = torch.tensor([position[caption] for caption in captions])
+    return torch.cat(latents), caption_index, caption_embeds
+
+
+@torch.no_grad()
+def embed_prompts(pipe, prompts: list[str], text_len: int, batch_size: int = 256) -> torch.Tensor:
+    embeds = []
+    for start in range(0, len(prompts), batch_size):
+        prompt_embeds, _ = pipe.encode_prompt(
+            prompts[start : start + batch_size],
+            do_classifier_free_guidance=False,
+            max_sequence_length=text_len,
+            device=torch.device("cpu"),
+        )
+        embeds.append(prompt_embeds)
+    return torch.cat(embeds)
+
+
+def update_ema(ema, model, decay: float) -> None:
+    with torch.no_grad():
+        for ema_param, param in zip(ema.parameters(), model.parameters()):
+            ema_param.lerp_(param, 1.0 - decay)
+
+
+def train_transformer(
+    transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=None
+):
+    """v-prediction training on precomputed latents; returns the weights to save (EMA if enabled).
+
+    ``on_eval(step, model)`` is called every ``--eval_every`` steps with the weights that would be saved.
+    """
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(args.seed + 300)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    ema = copy.deepcopy(transformer).requires_grad_(False) if args.ema_decay > 0 else None
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    transformer.train()
+    running = None
+    progress = tqdm(range(args.transformer_steps), desc="transformer", unit="step", mininterval=5)
+    for step in progress:
+        lr = cosine_lr(step, args.transformer_steps, args.lr, warmup=min(args.warmup_steps, args.transformer_steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = torch.randint(len(latents), (args.batch_size,), generator=generator)
+        clean = latents[index]
+        text = caption_embeds[caption_index[index]]
+        dropped = torch.rand(args.batch_size, generator=generator) < args.caption_dropout
+        text = torch.where(dropped[:, None, None], empty_embed, text)
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(num_train_timesteps, (args.batch_size,), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        target = scheduler.get_velocity(clean, noise, timesteps)
+        prediction = transformer(
+            hidden_states=noisy, encoder_hidden_states=text, timestep=timesteps, return_dict=False
+        )[0]
+        loss = F.mse_loss(prediction, target)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"transformer loss is not finite at step {step}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        if ema is not None:
+            # Early on the average would mostly hold the random init: warm its decay up.
+            update_ema(ema, transformer, min(args.ema_decay, (1 + step) / (10 + step)))
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        progress.set_postfix(loss=f"{running:.4f}", refresh=False)
+        if (step + 1) % args.log_every == 0 or step + 1 == args.transformer_steps:
+            logger.info("transformer step %d/%d: loss %.4f (running), grad norm %.3f, lr %.2e", step + 1,
+                        args.transformer_steps, running, grad_norm.item(), lr)
+        if on_eval is not None and args.eval_every > 0 and (step + 1) % args.eval_every == 0:
+            on_eval(step + 1, (ema if ema is not None else transformer).eval())
+            transformer.train()
+    transformer.eval()
+    final = ema if ema is not None else transformer
+    return final.eval().requires_grad_(False), {"final_loss": running}
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse to replace a folder that holds something other than a model (checked before training too)."""
+    if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / "model_index.json").exists():
+        raise UserError(f"--output_dir {output_dir} exists and is not a model folder; choose an empty or new folder")
+
+
+def save_folder(pipe, output_dir: Path, dtype: torch.dtype) -> None:
+    """Save the pipeline next to ``output_dir`` and swap it into place, so no half-written model is left."""
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
+    old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    # Only the diffusers models are stored in half precision: diffusers loads them back in float32 by
+    # default, while transformers keeps a checkpoint's dtype, so a float16 text encoder would make a plain
+    # `CogVideoXPipeline.from_pretrained(folder)` mix precisions (and it is tiny anyway).
+    # nn.Module's own cast: diffusers' ModelMixin.to warns about float32-only modules these models lack.
+    modules = (pipe.vae, pipe.transformer)
+    for module in modules:
+        torch.nn.Module.to(module, dtype)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    for module in modules:
+        torch.nn.Module.to(module, torch.float32)
+    if output_dir.exists():
+        output_dir.rename(old)
+    staging.rename(output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def evaluate(folder: Path, args) -> dict:
+    """Render the evaluation prompts with the reloaded model at each guidance scale and score them."""
+    pipe = world_model.load_world_pipeline(folder, dtype=torch.float32)
+    prompts = evaluation_prompts(quick=False)
+    if args.eval_prompts is not None:
+        prompts = prompts[: args.eval_prompts]
+    results = {}
+    for guidance in args.eval_guidance:
+        start = time.perf_counter()
+        videos = world_model.render_world(
+            pipe, prompts, guidance_scale=guidance, num_inference_steps=args.eval_inference_steps, progress=True
+        )
+        scores = world_model.score_videos(videos, prompts)
+        # Per-colour rates: an erasure benchmark compares the target colour's rate before and after.
+        per_color = {}
+        for item, (color, _) in zip(prompts, scores["labels"]):
+            per_color.setdefault(item["color"], []).append(color == item["color"])
+        results[f"{guidance:g}"] = {
+            "color_accuracy": scores["color_accuracy"],
+            "shape_accuracy": scores["shape_accuracy"],
+            "color_accuracy_per_color": {color: sum(hits) / len(hits) for color, hits in per_color.items()},
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        logger.info("guidance %g: colour accuracy %.3f, shape accuracy %.3f (%d prompts, %.0f s)", guidance,
+                    scores["color_accuracy"], scores["shape_accuracy"], len(prompts), time.perf_counter() - start)
+    return {
+        "num_prompts": len(prompts),
+        "render_settings": {
+            "num_inference_steps": args.eval_inference_steps,
+            "num_frames": world_model.NUM_FRAMES,
+            "height": world_model.HEIGHT,
+            "width": world_model.WIDTH,
+            "max_sequence_length": args.text_len,
+            "generator": "CPU torch.Generator seeded with each prompt's seed",
+        },
+        "by_guidance": results,
+    }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    torch.set_num_threads(args.threads)
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline
+
+    from receler.tiny.cogvideox import SCHEDULER_2B
+
+    output_dir = Path(args.output_dir)
+    check_output_dir(output_dir)
+    timings = {}
+    started = time.perf_counter()
+
+    stage = time.perf_counter()
+    if args.vae_from is not None:
+        tokenizer, text_encoder, vae, vae_stats = load_frozen_parts(args)
+    else:
+        tokenizer, text_encoder = build_text_encoder(args)
+        vae = build_vae(args)
+        logger.info("training the VAE (%d parameters): %d steps on frames, %d on clips", count_parameters(vae),
+                    args.vae_image_steps, args.vae_steps)
+        vae_stats = train_vae(vae, args)
+    timings["vae_training_s"] = time.perf_counter() - stage
+
+    transformer = build_transformer(args, text_dim=text_encoder.config.d_model)
+    scheduler = CogVideoXDDIMScheduler(**SCHEDULER_2B)
+    pipe = CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+
+    stage = time.perf_counter()
+    latents, caption_index, caption_embeds = encode_dataset(pipe, args)
+    # Unit-variance latents suit the scheduler's noise levels; the pipeline divides by this on decode.
+    scaling_factor = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    pipe.vae_scaling_factor_image = scaling_factor
+    latents = latents * scaling_factor
+    empty_embed = embed_prompts(pipe, [""], args.text_len)
+    timings["encoding_s"] = time.perf_counter() - stage
+    logger.info("encoded %d videos (%d distinct captions); latents %s, scaling factor %.4f", len(latents),
+                len(caption_embeds), tuple(latents.shape[1:]), scaling_factor)
+
+    stage = time.perf_counter()
+    logger.info("training the transformer (%d parameters) for %d steps of %d videos",
+                count_parameters(transformer), args.transformer_steps, args.batch_size)
+    quick_prompts = evaluation_prompts(quick=True)
+    quick_history = []
+
+    def quick_eval(step, model):
+        pipe.register_modules(transformer=model)
+        videos = world_model.render_world(pipe, quick_prompts, num_inference_steps=args.eval_inference_steps)
+        scores = world_model.score_videos(videos, quick_prompts)
+        quick_history.append({"step": step, "color_accuracy": scores["color_accuracy"],
+                              "shape_accuracy": scores["shape_accuracy"]})
+        logger.info("step %d: quick colour accuracy %.3f, shape accuracy %.3f (guidance 1, %d prompts)", step,
+                    scores["color_accuracy"], scores["shape_accuracy"], len(quick_prompts))
+
+    pipe.set_progress_bar_config(disable=True)
+    trained, transformer_stats = train_transformer(
+        transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval
+    )
+    pipe.register_modules(transformer=trained)
+    timings["transformer_training_s"] = time.perf_counter() - stage
+
+    save_folder(pipe, output_dir, torch.float16 if args.save_dtype == "float16" else torch.float32)
+    summary = {
+        "seed": args.seed,
+        "threads": args.threads,
+        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "parameters": {
+            "text_encoder": count_parameters(text_encoder),
+            "vae": count_parameters(vae),
+            "transformer": count_parameters(trained),
+        },
+        "vae_scaling_factor": scaling_factor,
+        "vae": vae_stats,
+        "transformer": {**transformer_stats, "quick_eval_history": quick_history},
+        "folder_bytes": folder_size(output_dir),
+        "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
+    }
+    if not args.skip_eval:
+        stage = time.perf_counter()
+        summary["evaluation"] = evaluate(output_dir, args)
+        timings["evaluation_s"] = time.perf_counter() - stage
+    timings["total_s"] = time.perf_counter() - started
+    summary["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    atomic_write_json(output_dir / "training_summary.json", summary)
+
+    lines = [f"world model saved to {output_dir} ({summary['folder_bytes'] / 1e6:.1f} MB)"]
+    lines += [f"  {name}: {seconds:.0f} s" for name, seconds in summary["timings"].items()]
+    for guidance, result in summary.get("evaluation", {}).get("by_guidance", {}).items():
+        lines.append(f"  guidance {guidance}: colour accuracy {result['color_accuracy']:.1%}, "
+                     f"shape accuracy {result['shape_accuracy']:.1%}")
+    logger.info("\n".join(lines))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Tests for the shapes world: scene generator, captions, and the pixel classifier.
+
+Ground truth always comes from the scene spec (or from plain numpy on the rendered pixels),
+never from the classifier under test.
+"""
+
+import colorsys
+import itertools
+
+import cv2
+import numpy as np
+import pytest
+
+from receler.world import (
+    BACKGROUNDS,
+    COLORS,
+    DIRECTIONS,
+    SHAPES,
+    VOCABULARY,
+    Scene,
+    ShapeSpec,
+    classify_frame,
+    classify_video,
+    evaluation_prompts,
+    frame_color_fractions,
+    make_dataset,
+    render_video,
+    sample_scene,
+    scene_from_caption,
+    video_shows_color,
+)
+
+
+def single_shape_cases(seeds_per_combo=2):
+    """Every colour x shape x direction x background, ``seeds_per_combo`` videos each."""
+    cases = []
+    combos = itertools.product(COLORS, SHAPES, DIRECTIONS, BACKGROUNDS)
+    for index, (color, shape, direction, background) in enumerate(combos):
+        scene = Scene((ShapeSpec(color, shape, direction),), background)
+        for k in range(seeds_per_combo):
+            cases.append((scene, render_video(scene, seed=1000 * k + index)))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def ground_truth_videos():
+    return single_shape_cases()  # 6 x 3 x 4 x 2 x 2 = 288 videos
+
+
+# --- degradations that imitate a small generative model's output -------------------------
+
+
+def blur(video, rng):
+    return np.stack([cv2.GaussianBlur(frame, (0, 0), rng.uniform(1.0, 2.0)) for frame in video])
+
+
+def add_noise(video, rng, sigma=15.0):
+    return np.clip(video + rng.normal(0.0, sigma, video.shape), 0, 255).astype(np.uint8)
+
+
+def scale_brightness(video, rng):
+    return np.clip(video * rng.choice([0.7, 0.85, 1.2]), 0, 255).astype(np.uint8)
+
+
+def jpeg(video, rng, quality=30):
+    frames = []
+    for frame in video:
+        _, encoded = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        frames.append(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1])
+    return np.stack(frames)
+
+
+def all_together(video, rng):
+    return jpeg(add_noise(scale_brightness(blur(video, rng), rng), rng, sigma=10.0), rng, quality=50)
+
+
+DEGRADATIONS = {
+    "blur": blur,
+    "noise": add_noise,
+    "noise20": lambda video, rng: add_noise(video, rng, sigma=20.0),
+    "brightness": scale_brightness,
+    "jpeg": jpeg,
+    "all_together": all_together,
+}
+
+
+# --- vocabularies ---------------------------------------------------------------------------
+
+
+def test_colours_are_saturated_and_well_separated_in_hue():
+    hues = {}
+    for name, rgb in COLORS.items():
+        hue, saturation, _ = colorsys.rgb_to_hsv(*(channel / 255 for channel in rgb))
+        assert saturation > 0.8, name
+        hues[name] = hue * 360
+    for a, b in itertools.combinations(hues, 2):
+        gap = abs(hues[a] - hues[b]) % 360
+        assert min(gap, 360 - gap) >= 45, (a, b)
+
+
+def test_every_colour_contrasts_with_every_background():
+    for background, bg_rgb in BACKGROUNDS.items():
+        assert len(set(bg_rgb)) == 1, f"{background} should be achromatic"
+        for color, rgb in COLORS.items():
+            distance = np.linalg.norm(np.subtract(rgb, bg_rgb, dtype=float))
+            assert distance >= 120, (color, background)
+
+
+# --- generator ------------------------------------------------------------------------------
+
+
+def test_render_is_deterministic_per_seed():
+    scene = Scene((ShapeSpec("red", "circle", "left"), ShapeSpec("blue", "square", "up")), "black")
+    first = render_video(scene, seed=3)
+    assert np.array_equal(first, render_video(scene, seed=3))
+    assert not np.array_equal(first, render_video(scene, seed=4))
+
+
+def test_make_dataset_is_deterministic():
+    first = make_dataset(12, seed=5)
+    again = make_dataset(12, seed=5)
+    assert [caption for caption, _ in first] == [caption for caption, _ in again]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(first, again))
+    other = make_dataset(12, seed=6)
+    assert any(not np.array_equal(a, b) for (_, a), (_, b) in zip(first, other))
+    # A longer dataset starts with the shorter one.
+    prefix = make_dataset(5, seed=5)
+    assert all(ca == cb and np.array_equal(a, b) for (ca, a), (cb, b) in zip(prefix, first))
+
+
+@pytest.mark.parametrize("num_frames, size", [(9, 64), (5, 32), (17, 64), (1, 48)])
+def test_render_format_and_motion(num_frames, size):
+    rng = np.random.default_rng(11)
+    for seed in range(20):
+        scene = sample_scene(rng, two_shape_prob=0.5)
+        video = render_video(scene, num_frames=num_frames, size=size, seed=seed)
+        assert video.shape == (num_frames, size, size, 3) and video.dtype == np.uint8
+
+        background = np.array(BACKGROUNDS[scene.background])
+        allowed = [background] + [np.array(COLORS[color]) for color in scene.colors]
+        is_allowed = np.zeros(video.shape[:3], dtype=bool)
+        for rgb in allowed:
+            is_allowed |= (video == rgb).all(axis=-1)
+        assert is_allowed.all(), "only the background and the scene's colours may appear"
+        # Shapes stay inside the frame: the outermost pixels show background only.
+        for border in (video[:, 0], video[:, -1], video[:, :, 0], video[:, :, -1]):
+            assert (border == background).all()
+
+        for spec in scene.shapes:
+            mask = (video == np.array(COLORS[spec.color])).all(axis=-1)
+            pixel_counts = mask.sum(axis=(1, 2))
+            assert pixel_counts.min() > 0.02 * size * size
+            assert (pixel_counts == pixel_counts[0]).all(), "the shape is never clipped or hidden"
+            if num_frames == 1:
+                continue
+            ys, xs = np.nonzero(mask[0])
+            ye, xe = np.nonzero(mask[-1])
+            moved = np.array([xe.mean() - xs.mean(), ye.mean() - ys.mean()])
+            dx, dy = DIRECTIONS[spec.direction]
+            along = moved @ np.array([dx, dy])
+            across = moved @ np.array([dy, dx])
+            assert along >= num_frames - 1, (spec, moved)  # at least ~1 px per frame
+            assert abs(across) < 1e-9, (spec, moved)
+
+
+def test_two_shapes_do_not_overlap():
+    # Shapes moving at right angles are the hardest to keep apart.
+    for seed in range(40):
+        scene = Scene((ShapeSpec("red", "square", "left"), ShapeSpec("green", "square", "down")), "gray")
+        video = render_video(scene, seed=seed)
+        for color in scene.colors:
+            counts = (video == np.array(COLORS[color])).all(axis=-1).sum(axis=(1, 2))
+            assert (counts == counts[0]).all()
+
+
+@pytest.mark.parametrize(
+    "num_frames, nearest",
+    [(10, "9 and 13"), (8, "5 and 9"), (11, "9 and 13"), (48, "45 and 49"), (0, "1"), (-3, "1")],
+)
+def test_invalid_num_frames_names_nearest_valid_counts(num_frames, nearest):
+    scene = Scene((ShapeSpec("red", "circle", "left"),), "gray")
+    with pytest.raises(ValueError, match=f"nearest valid counts? (is|are) {nearest}$"):
+        render_video(scene, num_frames=num_frames)
+    with pytest.raises(ValueError, match="4k\\+1"):
+        make_dataset(2, seed=0, num_frames=num_frames)
+
+
+# --- captions ---------------------------------------------------------------------------------
+
+
+def test_caption_text():
+    one = Scene((ShapeSpec("red", "circle", "left"),), "gray")
+    assert one.caption() == "a red circle moving left on a gray background"
+    two = Scene([ShapeSpec("red", "circle", "left"), ShapeSpec("blue", "square", "up")], "black")
+    assert two.caption() == "a red circle moving left and a blue square moving up on a black background"
+
+
+def test_captions_round_trip_and_use_only_vocabulary_words():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        scene = sample_scene(rng)
+        caption = scene.caption()
+        assert caption == caption.lower() and caption.split(" ") == caption.split()
+        assert set(caption.split()) <= set(VOCABULARY)
+        assert scene_from_caption(caption) == scene
+    for caption, _ in make_dataset(20, seed=1):
+        assert scene_from_caption(caption).caption() == caption
+
+
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "a pink circle moving left on a gray background",  # unknown colour
+        "a red hexagon moving left on a gray background",  # unknown shape
+        "a red circle moving sideways on a gray background",  # unknown direction
+        "a red circle moving left on a white background",  # unknown background
+        "a red circle moving left",  # no background
+        "a red circle moving left on a gray background please",  # trailing words
+        "red circle moving left on a gray background",  # missing article
+        "a red circle moving left and a blue square moving up and a green triangle moving down on a gray background",
+        "",
+    ],
+)
+def test_scene_from_caption_rejects_bad_captions(caption):
+    with pytest.raises(ValueError):
+        scene_from_caption(caption)
+
+
+def test_sample_scene_respects_restrictions():
+    rng = np.random.default_rng(2)
+    scenes = [sample_scene(rng, two_shape_prob=1.0, colors=["red", "blue"], backgrounds=["black"]) for _ in range(50)]
+    for scene in scenes:
+        assert sorted(scene.colors) == ["blue", "red"] and scene.background == "black"
+    only_red = [sample_scene(rng, two_shape_prob=1.0, colors=["red"]) for _ in range(20)]
+    assert all(scene.colors == ("red",) for scene in only_red)
+    with pytest.raises(ValueError):
+        sample_scene(rng, colors=["pink"])
+    singles = [sample_scene(rng, two_shape_prob=0.0) for _ in range(50)]
+    assert all(len(scene.shapes) == 1 for scene in singles)
+
+
+def test_evaluation_prompts():
+    prompts = evaluation_prompts("red")
+    assert evaluation_prompts("red") == prompts
+    assert len(prompts) == len(COLORS) * len(SHAPES) * len(DIRECTIONS)
+    assert len({item["prompt"] for item in prompts}) == len(prompts)
+    assert len({item["seed"] for item in prompts}) == len(prompts)
+    for item in prompts:
+        scene = scene_from_caption(item["prompt"])
+        assert scene.shapes == (ShapeSpec(item["color"], item["shape"], item["direction"]),)
+        assert item["is_target"] == (item["color"] == "red")
+    assert {(item["color"], item["shape"], item["direction"]) for item in prompts} == set(
+        itertools.product(COLORS, SHAPES, DIRECTIONS)
+    )
+
+    quick = evaluation_prompts("blue", quick=True)
+    assert evaluation_prompts("blue", quick=True) == quick
+    assert 12 <= len(quick) <= 16
+    assert {item["color"] for item in quick} == set(COLORS)
+    target = [item for item in quick if item["is_target"]]
+    assert {item["color"] for item in target} == {"blue"} and len(target) >= 3
+    full_blue = evaluation_prompts("blue")
+    assert all(item in full_blue for item in quick)
+    with pytest.raises(ValueError):
+        evaluation_prompts("pink")
+
+
+# --- classifier -----------------------------------------------------------------------------
+
+
+def accuracy(predicted, expected):
+    return sum(p == e for p, e in zip(predicted, expected)) / len(expected)
+
+
+def test_classifier_labels_ground_truth(ground_truth_videos):
+    labels = [classify_video(video) for _, video in ground_truth_videos]
+    colors = [scene.shapes[0].color for scene, _ in ground_truth_videos]
+    shapes = [scene.shapes[0].shape for scene, _ in ground_truth_videos]
+    assert accuracy([label.color for label in labels], colors) >= 0.99
+    assert accuracy([label.shape for label in labels], shapes) >= 0.95
+    # Every single frame too, not only the majority vote.
+    frame_colors = [frame.color for label in labels for frame in label.per_frame]
+    assert accuracy(frame_colors, [c for c in colors for _ in range(9)]) >= 0.99
+
+
+@pytest.mark.parametrize("name", DEGRADATIONS)
+def test_classifier_on_degraded_videos(ground_truth_videos, name):
+    rng = np.random.default_rng(42)
+    cases = ground_truth_videos[::2]  # one video of every combination
+    degraded = [DEGRADATIONS[name](video, rng) for _, video in cases]
+    labels = [classify_video(video) for video in degraded]
+    assert accuracy([label.color for label in labels], [scene.shapes[0].color for scene, _ in cases]) >= 0.95
+
+
+def test_video_shows_color_in_two_shape_videos():
+    rng = np.random.default_rng(8)
+    for seed in range(40):
+        scene = sample_scene(rng, two_shape_prob=1.0)
+        clean = render_video(scene, seed=seed)
+        for video in (clean, all_together(clean, rng)):
+            for color in COLORS:
+                assert video_shows_color(video, color) == (color in scene.colors), (scene.caption(), color)
+
+
+def test_frame_color_fractions():
+    scene = Scene((ShapeSpec("yellow", "triangle", "right"),), "black")
+    frame = render_video(scene, seed=1)[0]
+    fractions = frame_color_fractions(frame)
+    assert set(fractions) == set(COLORS)
+    assert fractions["yellow"] > 0.9
+    assert sum(value for name, value in fractions.items() if name != "yellow") < 0.05
+    assert sum(fractions.values()) <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize("background", BACKGROUNDS)
+def test_blank_frames_have_no_colour(background):
+    rng = np.random.default_rng(0)
+    blank = np.full((9, 64, 64, 3), BACKGROUNDS[background], dtype=np.uint8)
+    for video in (blank, add_noise(blank, rng, sigma=20.0), all_together(blank, rng)):
+        label = classify_frame(video[0])
+        assert label.color is None and label.shape is None and label.foreground_fraction < 0.005
+        assert classify_video(video).color is None
+        assert not any(video_shows_color(video, color) for color in COLORS)
+        assert all(value == 0.0 for value in frame_color_fractions(video[0]).values())
+
+
+def test_classifier_rejects_bad_input():
+    with pytest.raises(ValueError):
+        classify_frame(np.zeros((64, 64, 3), dtype=np.float32))
+    with pytest.raises(ValueError):
+        classify_frame(np.zeros((3, 64, 64), dtype=np.uint8))
+    with pytest.raises(ValueError):
+        video_shows_color(np.zeros((9, 64, 64, 3), dtype=np.uint8), "pink")
