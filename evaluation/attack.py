@@ -185,7 +185,7 @@ def main(argv=None):
     bar = tqdm(total=args.steps, desc="attack", leave=False)
     soft, positions, conds, losses = attack_prompts(
         family, pipe, [p for p, _ in rows], args.num_tokens, args.steps, args.lr, *size, args.num_inference_steps,
-        seed=args.seed, loss_target=args.loss_target, eta=args.attack_eta, progress=lambda s, loss: bar.update(1))
+        seed=args.seed, loss_target=args.loss_target, eta=args.attack_eta, progress=lambda step, loss, soft: bar.update(1))
     bar.close()
     vectors = soft.vectors.detach().cpu().contiguous()
     atomic_write(out / "soft_prompt.safetensors", lambda tmp: save_file(

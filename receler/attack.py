@@ -126,6 +126,7 @@ def learn_soft_prompt(family, pipe, outputs, conds: list, positions: torch.Tenso
     and a sampler with its timesteps; ``outputs`` is a :class:`receler.loss_target.LossTarget`;
     ``cond_empty`` (the empty prompt's conditioning) is needed when ``eta != 1``. Step ``s`` attacks prompt
     ``s mod P`` at a timestep drawn from a seeded generator. Only the soft prompt receives gradient.
+    ``progress(step, loss, soft)`` is called after every step (e.g. to snapshot smaller budgets of one run).
     """
     transformer = pipe.transformer
     device = next(transformer.parameters()).device
@@ -151,7 +152,7 @@ def learn_soft_prompt(family, pipe, outputs, conds: list, positions: torch.Tenso
         optimizer.step()
         losses.append(float(loss.detach()))
         if progress is not None:
-            progress(step, losses[-1])
+            progress(step, losses[-1], soft)
     return soft, losses
 
 

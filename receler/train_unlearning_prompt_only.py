@@ -122,7 +122,9 @@ def parse_args(argv=None):
     g.add_argument("--adv_num_tokens", type=int, default=4, help="learned soft tokens appended after each prompt")
     g.add_argument("--adv_steps", type=int, default=2, help="attack steps that refresh the soft prompt at every update")
     g.add_argument("--adv_lr", type=float, default=1e-2, help="Adam learning rate of the soft prompt")
-    g.add_argument("--adv_weight", type=float, default=1.0, help="weight of the unlearning loss on the attacked prompt")
+    g.add_argument("--adv_weight", type=float, default=0.3,
+                   help="weight of the unlearning loss on the attacked prompt (0.3 keeps preservation on the world "
+                        "benchmark; 1.0 costs half the other colours' accuracy)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--eraser_rank", type=int, default=128, help="bottleneck width of each eraser")

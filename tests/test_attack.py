@@ -79,6 +79,18 @@ def test_attack_loss_falls_against_a_random_eraser():
     assert all(p.grad is None for p in pipe.transformer.parameters() if p.requires_grad), "only the soft prompt learns"
 
 
+    # A smaller budget is a prefix of the same run: the soft prompt seen by progress() after step 10 is what a
+    # 10-step run learns on its own (the world benchmark scores several budgets from one run this way).
+    seen = {}
+    learn_soft_prompt(family, pipe, outputs, conds, positions, trajectories, [sampler], steps=12, lr=5e-2,
+                      num_tokens=4, seed=0,
+                      progress=lambda step, loss, soft: seen.setdefault(step + 1, soft.vectors.detach().clone()))
+    short, _ = learn_soft_prompt(family, pipe, outputs, conds, positions, trajectories, [sampler], steps=10, lr=5e-2,
+                                 num_tokens=4, seed=0)
+    assert torch.equal(seen[10], short.vectors.detach())
+    assert not torch.equal(seen[10], seen[12])
+
+
 def test_adversarial_update_refreshes_the_prompt_and_trains_on_both():
     grads = {}
     for weight in ("0", "1"):

@@ -15,7 +15,7 @@ ROW_FIELDS = {"guidance", "target_rate_clean", "target_rate_erased", "other_accu
 def test_quick_benchmark_writes_every_row_and_field(tmp_path):
     from receler.world.benchmark import ALL_ROWS, main
 
-    report = main([str(tmp_path), "--quick", "--train_steps", "6", "--attack_steps", "2", "--steps", "10"])
+    report = main([str(tmp_path), "--quick", "--train_steps", "6", "--attack_steps", "1,2", "--steps", "10"])
     saved = json.loads((tmp_path / "world_benchmark.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert set(saved["rows"]) == set(ALL_ROWS)
@@ -24,7 +24,10 @@ def test_quick_benchmark_writes_every_row_and_field(tmp_path):
         for key in ("target_rate_clean", "target_rate_erased", "other_accuracy_clean", "other_accuracy_erased"):
             assert 0.0 <= row[key] <= 1.0, (name, key)
     for name in ("full_attacked", "adversarial_attacked"):
-        assert 0.0 <= saved["rows"][name]["target_rate_attacked"] <= 1.0
+        row = saved["rows"][name]
+        assert set(row["target_rate_attacked_by_steps"]) == {"1", "2"}
+        assert row["target_rate_attacked"] == row["target_rate_attacked_by_steps"]["2"]
+        assert 0.0 <= row["target_rate_attacked"] <= 1.0
     assert saved["rows"]["negative_prompt"]["guidance"] > 1
     assert saved["num_prompts"] == 14
     # The clean renders are the bundled model's: at guidance 1 it draws the prompted colour.
