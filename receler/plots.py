@@ -41,8 +41,25 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def trajectory_means(records: Sequence[dict], key: str) -> list[tuple]:
+    """``(last step, mean of key)`` per denoising trajectory: a new trajectory starts where the timestep goes up.
+    The losses swing by orders of magnitude along one trajectory (they scale with the noise level), so the
+    trend over training is the per-trajectory mean, not the raw curve."""
+    groups, last_t = [], None
+    for i, r in enumerate(records):
+        t, value, step = r.get("timestep"), r.get(key), r.get("step", i)
+        if not (_finite(t) and _finite(value) and _finite(step)):
+            continue
+        if last_t is None or t > last_t:
+            groups.append([])
+        groups[-1].append((step, value))
+        last_t = t
+    return [(g[-1][0], sum(v for _, v in g) / len(g)) for g in groups]
+
+
 def plot_train_log(records: Sequence[dict], path) -> Path | None:
-    """Plot the loss terms, learning rate and gradient norm over steps to a PNG; ``None`` if nothing to plot."""
+    """Plot the loss terms (with their per-trajectory means), learning rate and gradient norm over steps to a
+    PNG; ``None`` if nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,6 +80,10 @@ def plot_train_log(records: Sequence[dict], path) -> Path | None:
     for ax, (key, points) in zip(axes.flat, panels):
         steps, values = zip(*points)
         ax.plot(steps, values, lw=1.2, marker="." if len(points) < 50 else None)
+        means = trajectory_means(records, key) if key.startswith("loss") else []
+        if len(means) > 1:
+            ax.plot(*zip(*means), lw=2.2, color="black", marker="o", ms=3, label="mean per trajectory")
+            ax.legend(fontsize=7)
         ax.set_title(key)
         ax.set_xlabel("step")
         if key.startswith("loss") and all(v > 0 for v in values) and max(values) / min(values) > 100:
