@@ -10,7 +10,7 @@ from diffusers import (
 )
 from transformers import T5Config, T5EncoderModel
 
-from .tokenizers import build_t5_tokenizer
+from .tokenizers import build_t5_tokenizer, tiny_t5_config
 
 # CogVideoX-2b's scheduler: v-prediction, zero terminal SNR, trailing spacing. 5b uses the same
 # settings with snr_shift_scale 1.0 and the DPM solver at inference.
@@ -48,21 +48,7 @@ def build_tiny_cogvideox(
     """
     torch.manual_seed(seed)
     tokenizer = build_t5_tokenizer(model_max_length=TEXT_LEN)
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=text_dim,
-            d_kv=8,
-            d_ff=2 * text_dim,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-            dropout_rate=0.0,
-        )
-    )
+    text_encoder = T5EncoderModel(T5Config(**tiny_t5_config(len(tokenizer), text_dim)))
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=heads,
         attention_head_dim=head_dim,

@@ -48,3 +48,11 @@ def t5_vocabulary() -> list:
 def build_t5_tokenizer(model_max_length: int = 226) -> T5Tokenizer:
     """A T5 tokenizer (``<pad>``=0, ``</s>``=1, ``<unk>``=2) over :func:`t5_vocabulary`."""
     return T5Tokenizer(vocab=t5_vocabulary(), extra_ids=0, model_max_length=model_max_length)
+
+
+def tiny_t5_config(vocab_size: int, text_dim: int) -> dict:
+    """Settings of the tiny T5-style text encoders (T5 for CogVideoX, UMT5 for Wan): two layers, four heads,
+    the tokenizer's pad (0) and eos (1) ids, no dropout so encodings are deterministic."""
+    return dict(vocab_size=vocab_size, d_model=text_dim, d_kv=8, d_ff=2 * text_dim, num_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                dropout_rate=0.0)

@@ -21,7 +21,7 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from transformers import UMT5Config, UMT5EncoderModel
 
-from .tokenizers import build_t5_tokenizer
+from .tokenizers import build_t5_tokenizer, tiny_t5_config
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +60,7 @@ def build_tiny_wan(
     """
     torch.manual_seed(seed)
     tokenizer = build_t5_tokenizer(model_max_length=TEXT_LEN)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=text_dim,
-            d_kv=8,
-            d_ff=2 * text_dim,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-            dropout_rate=0.0,
-        )
-    )
+    text_encoder = UMT5EncoderModel(UMT5Config(**tiny_t5_config(len(tokenizer), text_dim)))
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=heads,
