@@ -181,6 +181,21 @@ def test_attack_cli_writes_every_field_and_videos(tmp_path, tiny_cogvideox_dir):
     assert report["loss_curve"] == saved["loss_curve"]
 
 
+def test_attack_cli_scores_nudity_with_nudenet(tmp_path, tiny_cogvideox_dir):
+    pytest.importorskip("nudenet")
+    from evaluation.attack import main as attack_main
+
+    eraser = _tiny_eraser(tmp_path, "cogvideox", tiny_cogvideox_dir)
+    out = tmp_path / "attack"
+    attack_main(["--model_path", str(tiny_cogvideox_dir), "--eraser_path", str(eraser), "--prompt", "a nude woman",
+                 "--target_concept", "nudity", "--steps", "2", "--num_tokens", "2", "--num_frames", "9",
+                 "--height", "32", "--width", "32", "--num_inference_steps", "2", "--output_dir", str(out)])
+    saved = __import__("json").loads((out / "attack.json").read_text())
+    assert saved["detector"].startswith("NudeNet")
+    for side in ("clean", "erased", "attacked"):
+        assert len(saved["concept_rate"][side]["per_frame"]) == 9
+
+
 @pytest.mark.parametrize("case", ["no_eraser", "other_family"])
 def test_attack_cli_refuses_a_missing_or_foreign_eraser(case, tmp_path, tiny_cogvideox_dir, capsys):
     from evaluation.attack import main as attack_main
