@@ -11,7 +11,6 @@ overall and per frame (the re-emergence curve). The method is in ``receler/attac
 """
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

@@ -29,7 +29,7 @@ except ImportError:  # run as `python evaluation/report.py` without `pip install
 
 from evaluation.common import resolve_prompts
 from receler.errors import UserError, cli_entry, setup_logging
-from receler.io_utils import atomic_write, atomic_write_text
+from receler.io_utils import atomic_write_text
 from receler.media import VideoReadError, find_video_pairs, frame_grid, read_video, save_png
 from receler.plots import plot_train_log, read_train_log
 

@@ -123,7 +123,7 @@ def _published(width, blocks, rank, prefix="transformer_blocks.{i}.attn1.adapter
     "make, needle",
     [
         (lambda w, n: _published(w, n, 8), "rank 8 but eraser rank 4"),
-        (lambda w, n: _published(w + 16, n, 4), f"wide"),
+        (lambda w, n: _published(w + 16, n, 4), "wide"),
         (lambda w, n: _published(w, n + 1, 4), "has 3 erasers but"),
         (lambda w, n: _published(w, n, 4, "single_transformer_blocks.{i}.attn.adapter"), "HunyuanVideo eraser"),
         (lambda w, n: _published(w, n, 4, "blocks.{i}.attn1.adapter"), "Wan eraser"),

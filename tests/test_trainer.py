@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from receler.checkpoint import load_erasers
-from receler.erasers.utils import iter_erasers
 from receler.families import get_family
 from receler.tiny import build_tiny_pipeline
 from receler.train_unlearning_prompt_only import main as train_main

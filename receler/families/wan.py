@@ -9,7 +9,6 @@
   gives each video token's attention on the concept directly.
 """
 
-import torch
 from diffusers import WanPipeline
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
