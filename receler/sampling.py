@@ -24,8 +24,8 @@ def _plain(value) -> bool:
 class Sampler:
     """Base trajectory: a private copy of the pipeline's scheduler, set to ``num_inference_steps``.
 
-    Families subclass it and fill in :meth:`latent_shape`, :meth:`predict` and, where the scheduler
-    needs more than ``step(pred, t, x)``, :meth:`step`.
+    Families subclass it and fill in :meth:`predict`, :meth:`latent_shape` where the latents are not
+    channels-first and, where the scheduler needs more than ``step(pred, t, x)``, :meth:`step`.
     """
 
     def __init__(self, pipe, num_inference_steps: int, num_frames: int, height: int, width: int, device, generator=None):
@@ -43,7 +43,10 @@ class Sampler:
         self.timesteps = self.scheduler.timesteps
 
     def latent_shape(self, batch_size: int) -> tuple:
-        raise NotImplementedError
+        """``[B, C, F', H/s, W/s]``, the channels-first layout of HunyuanVideo and Wan (CogVideoX overrides it)."""
+        pipe, s = self.pipe, self.pipe.vae_scale_factor_spatial
+        frames = (self.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        return (batch_size, pipe.transformer.config.in_channels, frames, self.height // s, self.width // s)
 
     def predict(self, transformer, latents: torch.Tensor, index: int, cond: dict) -> torch.Tensor:
         """The transformer's prediction (float32) at step ``index`` for conditioning ``cond``."""

@@ -23,11 +23,7 @@ def setup_cogvideo_adapter_eraser(model, eraser_rank, device=None, dtype=None):
     ``dtype`` is accepted for compatibility and ignored: erasers always keep float32 parameters (they
     compute in float32 and cast their output to the backbone's dtype). ``device`` moves the erasers.
     """
-    erasers = attach_erasers(model, LAYOUT, eraser_rank)
-    if device is not None:
-        for eraser in erasers.values():
-            eraser.to(device)
-    return erasers
+    return attach_erasers(model, LAYOUT, eraser_rank, device=device)
 
 
 def inject_eraser(transformer, eraser_ckpt, eraser_rank=None, eraser_type="adapter"):

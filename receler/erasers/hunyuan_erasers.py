@@ -21,11 +21,7 @@ def setup_hunyuan_adapter_eraser(model, eraser_rank, device=None, dtype=None, er
 
     ``dtype`` is accepted for compatibility and ignored: erasers keep float32 parameters.
     """
-    erasers = attach_erasers(model, LAYOUT, eraser_rank, eraser_weight)
-    if device is not None:
-        for eraser in erasers.values():
-            eraser.to(device)
-    return erasers
+    return attach_erasers(model, LAYOUT, eraser_rank, eraser_weight, device=device)
 
 
 def inject_eraser(transformer, eraser_ckpt, eraser_rank=None, eraser_type="adapter", eraser_weight=1.0):

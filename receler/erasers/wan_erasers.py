@@ -9,11 +9,7 @@ __all__ = ["WanWithEraser", "setup_wan_adapter_eraser", "inject_eraser", "save_w
 
 def setup_wan_adapter_eraser(model, eraser_rank, device=None, dtype=None):
     """Wrap every ``WanTransformerBlock.attn1`` with a fresh eraser (float32 whatever ``dtype`` says)."""
-    erasers = attach_erasers(model, LAYOUT, eraser_rank)
-    if device is not None:
-        for eraser in erasers.values():
-            eraser.to(device)
-    return erasers
+    return attach_erasers(model, LAYOUT, eraser_rank, device=device)
 
 
 def inject_eraser(transformer, eraser_ckpt, eraser_rank=None, eraser_type="adapter"):

@@ -90,11 +90,12 @@ class EraserLayout:
         ]
 
 
-def attach_erasers(transformer: nn.Module, layout: EraserLayout, eraser_rank: int, eraser_weight: float = 1.0) -> dict:
+def attach_erasers(transformer: nn.Module, layout: EraserLayout, eraser_rank: int, eraser_weight: float = 1.0,
+                   device=None) -> dict:
     """Wrap every block's attention with a fresh (zero) eraser; returns ``{module_name: AdapterEraser}``.
 
     Blocks that already carry an eraser keep it (only ``eraser_weight`` is updated), so calling this
-    twice is harmless.
+    twice is harmless. ``device`` moves the erasers (they stay float32).
     """
     erasers = {}
     for i, block in enumerate(layout.blocks(transformer)):
@@ -103,6 +104,8 @@ def attach_erasers(transformer: nn.Module, layout: EraserLayout, eraser_rank: in
             attn = layout.wrapper_class(attn, eraser_rank, eraser_weight)
             setattr(block, layout.attn_attr, attn)
         attn.eraser_weight = eraser_weight
+        if device is not None:
+            attn.adapter.to(device)
         erasers[layout.module_name(i)] = attn.adapter
     return erasers
 

@@ -23,9 +23,6 @@ from .base import ModelFamily
 class CogVideoXWithEraser(AttentionWithEraser):
     """``CogVideoXBlock.attn1`` followed by an eraser on its video output (the original release's name)."""
 
-    def __init__(self, attn, eraser_rank, eraser_weight: float = 1.0):
-        super().__init__(attn, eraser_rank, eraser_weight)
-
 
 LAYOUT = EraserLayout(
     family="cogvideox",

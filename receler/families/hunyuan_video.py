@@ -33,9 +33,6 @@ class HunyuanWithEraser(AttentionWithEraser):
     """``HunyuanVideoSingleTransformerBlock.attn`` followed by ``h + eraser_weight * eraser(h)`` on its
     video output (the original release's name and signature)."""
 
-    def __init__(self, attn, eraser_rank, eraser_weight: float = 1.0):
-        super().__init__(attn, eraser_rank, eraser_weight)
-
 
 LAYOUT = EraserLayout(
     family="hunyuan_video",
@@ -73,11 +70,6 @@ class HunyuanVideoSampler(Sampler):
         self.scheduler.set_timesteps(sigmas=sigmas, device=self.device)
         self.scheduler.set_begin_index(0)
         self.timesteps = self.scheduler.timesteps
-
-    def latent_shape(self, batch_size):
-        pipe, s = self.pipe, self.pipe.vae_scale_factor_spatial
-        frames = (self.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
-        return (batch_size, pipe.transformer.config.in_channels, frames, self.height // s, self.width // s)
 
     def predict(self, transformer, latents, index, cond):
         dtype = transformer.dtype

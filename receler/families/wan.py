@@ -43,11 +43,6 @@ class WanSampler(Sampler):
         self.scheduler.set_begin_index(0)
         self.timesteps = self.scheduler.timesteps
 
-    def latent_shape(self, batch_size):
-        pipe, s = self.pipe, self.pipe.vae_scale_factor_spatial
-        frames = (self.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
-        return (batch_size, pipe.transformer.config.in_channels, frames, self.height // s, self.width // s)
-
     def predict(self, transformer, latents, index, cond):
         dtype = transformer.dtype
         t = self.timesteps[index]
