@@ -21,6 +21,7 @@ from receler.world import (
     ShapeSpec,
     classify_frame,
     classify_video,
+    describe_object,
     evaluation_prompts,
     frame_color_fractions,
     make_dataset,
@@ -283,13 +284,49 @@ def test_classifier_labels_ground_truth(ground_truth_videos):
     assert accuracy(frame_colors, [c for c in colors for _ in range(9)]) >= 0.99
 
 
+def test_classifier_reads_direction_background_and_size_of_ground_truth(ground_truth_videos):
+    labels = [classify_video(video) for _, video in ground_truth_videos]
+    scenes = [scene for scene, _ in ground_truth_videos]
+    assert accuracy([label.direction for label in labels], [s.shapes[0].direction for s in scenes]) >= 0.99
+    assert accuracy([label.background for label in labels], [s.background for s in scenes]) == 1.0
+    for label, (scene, video) in zip(labels, ground_truth_videos):
+        drawn = (video == np.array(COLORS[scene.shapes[0].color])).all(axis=-1).mean(axis=(1, 2))
+        assert label.area == pytest.approx(float(np.median(drawn)), rel=0.1)
+
+
 @pytest.mark.parametrize("name", DEGRADATIONS)
 def test_classifier_on_degraded_videos(ground_truth_videos, name):
     rng = np.random.default_rng(42)
     cases = ground_truth_videos[::2]  # one video of every combination
     degraded = [DEGRADATIONS[name](video, rng) for _, video in cases]
     labels = [classify_video(video) for video in degraded]
-    assert accuracy([label.color for label in labels], [scene.shapes[0].color for scene, _ in cases]) >= 0.95
+    specs = [scene.shapes[0] for scene, _ in cases]
+    assert accuracy([label.color for label in labels], [spec.color for spec in specs]) >= 0.95
+    assert accuracy([label.shape for label in labels], [spec.shape for spec in specs]) >= 0.95
+    assert accuracy([label.direction for label in labels], [spec.direction for spec in specs]) >= 0.95
+
+
+def test_each_shape_of_a_two_shape_video_is_read_on_its_own():
+    rng = np.random.default_rng(5)
+    hits = total = 0
+    for seed in range(60):
+        scene = sample_scene(rng, two_shape_prob=1.0)
+        clean = render_video(scene, seed=seed)
+        for video in (clean, all_together(clean, rng)):
+            for spec in scene.shapes:
+                obj = describe_object(video, spec.color)
+                hits += (obj.shape == spec.shape) + (obj.direction == spec.direction)
+                total += 2
+                assert obj.present == 1.0
+            absent = next(c for c in COLORS if c not in scene.colors)
+            assert describe_object(video, absent).present == 0.0
+    assert hits / total >= 0.95
+
+
+def test_a_shape_that_does_not_move_has_no_direction():
+    still = np.stack([render_video(Scene((ShapeSpec("red", "square", "left"),), "gray"), seed=2)[0]] * 9)
+    label = classify_video(still)
+    assert label.direction is None and label.shape == "square" and label.color == "red"
 
 
 def test_video_shows_color_in_two_shape_videos():

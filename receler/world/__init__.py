@@ -12,6 +12,7 @@ from receler.world.classify import (
     VideoLabel,
     classify_frame,
     classify_video,
+    describe_object,
     frame_color_fractions,
     video_shows_color,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "check_num_frames",
     "classify_frame",
     "classify_video",
+    "describe_object",
     "evaluation_prompts",
     "frame_color_fractions",
     "make_dataset",

@@ -11,7 +11,12 @@ brightness changes and compression artefacts:
 * the shape comes from simple geometry of the largest foreground blob, cut at half its own
   contrast to undo blur: the fill ratio of its bounding box (square ~1.0, circle ~0.8,
   triangle ~0.5) and, for triangles whose corners blur rounded, the share of its area in the
-  bottom half of the box (the world's triangles point up).
+  bottom half of the box (the world's triangles point up);
+* the direction of motion is the dominant axis of the blob's centroid track over the frames
+  (a least-squares slope, so one bad frame does not flip it), and only when the blob travels
+  far enough to be called moving;
+* an object can be picked by colour (the foreground blob holding most of that colour's
+  pixels), so each shape of a two-shape video is read on its own.
 
 Frames are ``uint8`` RGB ``[H, W, 3]``, videos ``[F, H, W, 3]``; convert model output first.
 """
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from receler.world.scenes import COLORS, SHAPES
+from receler.world.scenes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES
 
 # RGB distance from the background above which a pixel is foreground. Palette colours are at
 # least ~150 away from every background; noise of sigma 20 rarely exceeds 60 after the median filter.
@@ -48,6 +53,13 @@ DEFAULT_MIN_COLOR_FRACTION = 0.2
 # classify_frame names no colour when even the commonest one covers less of the foreground
 # than this (a grey or washed-out blob has no colour).
 MIN_DOMINANT_COLOR_FRACTION = 0.2
+
+# A blob whose centroid travels less than this fraction of the frame width over the clip is not
+# moving (ground truth travels 3/64 of the frame per frame: 24 px over 9 frames at 64 px).
+MIN_TRAVEL_FRACTION = 0.06
+# A frame's border must be within this RGB distance of a palette background to be named (gray and black
+# are 222 apart, so a darkened or brightened gray still reads as gray).
+MAX_BACKGROUND_DISTANCE = 100.0
 
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 
@@ -80,11 +92,26 @@ class FrameLabel:
 
 @dataclass(frozen=True)
 class VideoLabel:
-    """Majority colour and shape over a video's frames, with the per-frame labels behind them."""
+    """Majority colour and shape over a video's frames, with the per-frame labels behind them, and
+    what the whole clip shows: the direction the largest blob moves in, the background, and the
+    blob's median area as a fraction of the frame (0 when nothing is there)."""
 
     color: str | None
     shape: str | None
     per_frame: list[FrameLabel] = field(default_factory=list)
+    direction: str | None = None
+    background: str | None = None
+    area: float = 0.0
+
+
+@dataclass(frozen=True)
+class ObjectLabel:
+    """One object of a video (the largest blob, or the blob of a given colour) over the clip."""
+
+    shape: str | None
+    direction: str | None
+    area: float  # median fraction of the frame it covers, over the frames where it is present
+    present: float  # fraction of frames where it is found
 
 
 def _check_frame(frame: np.ndarray) -> np.ndarray:
@@ -110,6 +137,7 @@ class _Analysis:
     distance: np.ndarray  # float32 [H, W]: RGB distance from the background
     foreground: np.ndarray  # bool [H, W]
     color_index: np.ndarray  # int [H, W]: palette index per pixel, -1 where unassigned
+    background: np.ndarray  # float32 [3]: the border's median colour
 
     @property
     def enough_foreground(self) -> bool:
@@ -129,7 +157,7 @@ def _analyse(frame: np.ndarray) -> _Analysis:
     hue_gap = np.abs((hue[..., None] - PALETTE_HUES + 180.0) % 360.0 - 180.0)
     nearest = hue_gap.argmin(axis=-1)
     color_index = np.where(foreground & (chroma >= MIN_CHROMA), nearest, -1)
-    return _Analysis(distance, foreground, color_index)
+    return _Analysis(distance, foreground, color_index, background)
 
 
 def _fractions(analysis: _Analysis) -> dict[str, float]:
@@ -164,9 +192,30 @@ def _shape_features(blob: np.ndarray) -> tuple[float, float]:
     return float(area / (height * width)), bottom_share
 
 
-def _shape_of_largest_blob(distance: np.ndarray, foreground: np.ndarray) -> str | None:
-    blob, stats = _largest_component(foreground)
-    if blob is None or stats[cv2.CC_STAT_AREA] < MIN_FOREGROUND_FRACTION * foreground.size:
+def _object_blob(analysis: _Analysis, color: str | None) -> np.ndarray | None:
+    """The largest foreground blob, or (``color`` given) the blob holding most of that colour's pixels.
+
+    None when the frame has too little foreground, or no pixel of the colour.
+    """
+    if not analysis.enough_foreground:
+        return None
+    if color is None:
+        blob, stats = _largest_component(analysis.foreground)
+        if blob is None or stats[cv2.CC_STAT_AREA] < MIN_FOREGROUND_FRACTION * analysis.foreground.size:
+            return None
+        return blob
+    count, labels = cv2.connectedComponents(analysis.foreground.astype(np.uint8), connectivity=8)
+    of_color = labels[analysis.color_index == COLOR_NAMES.index(color)]
+    counts = np.bincount(of_color[of_color > 0], minlength=count)
+    best = int(counts.argmax())
+    # A few pixels of a hue at the blurred border of two other colours are not an object of that colour.
+    if best == 0 or counts[best] < DEFAULT_MIN_COLOR_FRACTION * (labels == best).sum():
+        return None
+    return labels == best
+
+
+def _shape_of_blob(distance: np.ndarray, blob: np.ndarray | None) -> str | None:
+    if blob is None:
         return None
     # Blur widens a shape at the fixed threshold and rounds it; cutting at half its own
     # contrast recovers the outline the shape had before blurring.
@@ -201,14 +250,17 @@ def classify_frame(frame: np.ndarray) -> FrameLabel:
     ``color`` and ``shape`` are None when there is (almost) no foreground; ``color`` is also
     None when the foreground is mostly grey.
     """
-    analysis = _analyse(frame)
+    return _label_frame(_analyse(frame))
+
+
+def _label_frame(analysis: _Analysis) -> FrameLabel:
     foreground_fraction = float(analysis.foreground.mean())
     if not analysis.enough_foreground:
         return FrameLabel(None, None, foreground_fraction)
     fractions = _fractions(analysis)
     best = max(COLOR_NAMES, key=lambda name: fractions[name])  # ties: palette order
     color = best if fractions[best] >= MIN_DOMINANT_COLOR_FRACTION else None
-    return FrameLabel(color, _shape_of_largest_blob(analysis.distance, analysis.foreground), foreground_fraction)
+    return FrameLabel(color, _shape_of_blob(analysis.distance, _object_blob(analysis, None)), foreground_fraction)
 
 
 def _majority(labels: list, order: tuple[str, ...]) -> str | None:
@@ -218,11 +270,72 @@ def _majority(labels: list, order: tuple[str, ...]) -> str | None:
 
 
 def classify_video(frames: np.ndarray) -> VideoLabel:
-    """Classify every frame of ``[F, H, W, 3]`` and take the majority colour and shape."""
-    per_frame = [classify_frame(frame) for frame in _check_video(frames)]
+    """Classify every frame of ``[F, H, W, 3]``: majority colour and shape, the largest blob's direction
+    and area, and the background."""
+    analyses = [_analyse(frame) for frame in _check_video(frames)]
+    per_frame = [_label_frame(analysis) for analysis in analyses]
     color = _majority([label.color for label in per_frame], COLOR_NAMES)
     shape = _majority([label.shape for label in per_frame], SHAPES)
-    return VideoLabel(color, shape, per_frame)
+    largest = _describe(analyses, None)
+    return VideoLabel(color, shape, per_frame, largest.direction, _background_of(analyses), largest.area)
+
+
+def _direction_of_track(centroids: list, width: int) -> str | None:
+    """Direction of a centroid track (``(frame, x, y)`` rows): the dominant axis of its least-squares
+    velocity, when the blob travels at least ``MIN_TRAVEL_FRACTION`` of the frame over the clip."""
+    if len(centroids) < 2:
+        return None
+    track = np.asarray(centroids, dtype=np.float64)
+    t = track[:, 0] - track[:, 0].mean()
+    if not (t**2).sum():
+        return None
+    velocity = (t[:, None] * (track[:, 1:] - track[:, 1:].mean(axis=0))).sum(axis=0) / (t**2).sum()
+    span = track[-1, 0] - track[0, 0]
+    if np.abs(velocity).max() * span < MIN_TRAVEL_FRACTION * width:
+        return None
+    axis = int(np.argmax(np.abs(velocity)))
+    step = [0, 0]
+    step[axis] = int(np.sign(velocity[axis]))
+    return next(name for name, vector in DIRECTIONS.items() if list(vector) == step)
+
+
+def describe_object(frames: np.ndarray, color: str | None = None) -> ObjectLabel:
+    """Shape, direction and size of one object over a video: the largest blob, or the blob of ``color``
+    (so each shape of a two-shape video can be read on its own)."""
+    if color is not None and color not in COLORS:
+        raise ValueError(f"unknown color {color!r}; expected one of: {', '.join(COLOR_NAMES)}")
+    return _describe([_analyse(frame) for frame in _check_video(frames)], color)
+
+
+def _describe(analyses: list, color: str | None) -> ObjectLabel:
+    shapes, centroids, areas = [], [], []
+    for index, analysis in enumerate(analyses):
+        blob = _object_blob(analysis, color)
+        if blob is None:
+            continue
+        ys, xs = np.nonzero(blob)
+        centroids.append((index, xs.mean(), ys.mean()))
+        areas.append(blob.mean())
+        shapes.append(_shape_of_blob(analysis.distance, blob))
+    return ObjectLabel(
+        shape=_majority(shapes, SHAPES) if shapes else None,
+        direction=_direction_of_track(centroids, analyses[0].foreground.shape[1]),
+        area=float(np.median(areas)) if areas else 0.0,
+        present=len(areas) / len(analyses),
+    )
+
+
+def video_background(frames: np.ndarray) -> str | None:
+    """The palette background nearest to the frames' median border colour (None when none is close)."""
+    return _background_of([_analyse(frame) for frame in _check_video(frames)])
+
+
+def _background_of(analyses: list) -> str | None:
+    border = np.median([analysis.background for analysis in analyses], axis=0)
+    distances = {name: float(np.linalg.norm(border - np.array(rgb, dtype=np.float32)))
+                 for name, rgb in BACKGROUNDS.items()}
+    best = min(distances, key=distances.get)
+    return best if distances[best] <= MAX_BACKGROUND_DISTANCE else None
 
 
 def video_shows_color(frames: np.ndarray, color: str, min_fraction: float = DEFAULT_MIN_COLOR_FRACTION) -> bool:
