@@ -74,8 +74,14 @@ class ShapeSpec:
         _check_name("shape", self.shape, SHAPES)
         _check_name("direction", self.direction, DIRECTIONS)
 
-    def phrase(self) -> str:
-        return f"a {self.color} {self.shape} moving {self.direction}"
+    def phrase(self, omit=()) -> str:
+        """``a red circle moving left``; ``omit`` leaves attributes unsaid (``a circle moving left``,
+        ``a red shape moving left``, ``a red circle``): a model trained on such captions learns what a
+        prompt that does not say the colour (or shape, or direction) looks like."""
+        color = "" if "color" in omit else f"{self.color} "
+        shape = "shape" if "shape" in omit else self.shape
+        motion = "" if "direction" in omit else f" moving {self.direction}"
+        return f"a {color}{shape}{motion}"
 
 
 @dataclass(frozen=True)
@@ -99,9 +105,10 @@ class Scene:
     def colors(self) -> tuple[str, ...]:
         return tuple(spec.color for spec in self.shapes)
 
-    def caption(self) -> str:
-        """E.g. ``"a red circle moving left and a blue square moving up on a black background"``."""
-        shapes_text = " and ".join(spec.phrase() for spec in self.shapes)
+    def caption(self, omit=()) -> str:
+        """E.g. ``"a red circle moving left and a blue square moving up on a black background"``;
+        ``omit`` as in :meth:`ShapeSpec.phrase` (such captions do not parse back)."""
+        shapes_text = " and ".join(spec.phrase(omit) for spec in self.shapes)
         return f"{shapes_text} on a {self.background} background"
 
 

@@ -1,0 +1,230 @@
+"""What the world benchmark erases, and which prompts train and test an eraser for it.
+
+A :class:`Target` fixes one or more attributes of a shape: a colour (``red``), a shape (``triangle``),
+a direction (``left``, i.e. "moving left") or a combination (``red triangle``). The attributes it leaves
+free (for a colour: shape, direction, background) form *combinations*; a fixed rule holds about a third
+of them out. An eraser trains on target captions of the *seen* combinations only, and is evaluated on
+
+- ``seen``: the training captions, rendered with seeds training never used;
+- ``unseen``: target captions of the held-out combinations (never training captions);
+- ``two_shape``: the target shape beside a shape of another value (is the target removed and the
+  other kept?), never training captions either;
+- ``other``: single shapes of every other value of the target's kind (the other colours, shapes or
+  directions), over seen and unseen combinations, for what the eraser must leave alone;
+
+each on both backgrounds. Items are plain dicts, so they go to CSV and JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from .scenes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, Scene, ShapeSpec
+
+# The attributes of one shape in a caption, and their vocabularies, in caption order.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "color": tuple(COLORS),
+    "shape": SHAPES,
+    "direction": tuple(DIRECTIONS),
+    "background": tuple(BACKGROUNDS),
+}
+KINDS = ("color", "shape", "direction", "combination")
+# A combination whose index sum is a multiple of this is held out (about a third of them).
+HOLDOUT_MODULUS = 3
+# Seeds of evaluation renders start here, far from the small seeds training and tests use.
+EVAL_SEED_BASE = 10_000
+
+
+@dataclass(frozen=True)
+class Target:
+    """The concept to erase: fixed values of some shape attributes (``{"color": "red"}``, ...)."""
+
+    fixed: tuple[tuple[str, str], ...]  # ((attribute, value), ...) in caption order
+
+    @property
+    def attributes(self) -> dict:
+        return dict(self.fixed)
+
+    @property
+    def kind(self) -> str:
+        return self.fixed[0][0] if len(self.fixed) == 1 else "combination"
+
+    @property
+    def name(self) -> str:
+        """As it is written in captions, e.g. ``red``, ``triangle``, ``left``, ``red triangle``."""
+        return " ".join(value for _, value in self.fixed)
+
+    @property
+    def label(self) -> str:
+        """For tables: directions read "moving left"."""
+        return " ".join(f"moving {v}" if a == "direction" else v for a, v in self.fixed)
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        """The attributes the target leaves free (the background is always free)."""
+        fixed = self.attributes
+        return tuple(a for a in ATTRIBUTES if a not in fixed)
+
+    @property
+    def measured(self) -> str:
+        """The attribute whose accuracy on other prompts the benchmark reports per class."""
+        return self.fixed[0][0]
+
+    def matches(self, spec: ShapeSpec) -> bool:
+        return all(getattr(spec, a) == v for a, v in self.fixed)
+
+    def others(self, attribute: str) -> list:
+        """The values of a fixed attribute other than the target's."""
+        return [v for v in ATTRIBUTES[attribute] if v != self.attributes[attribute]]
+
+
+def parse_target(text: str, kind: str | None = None) -> Target:
+    """``"red"`` -> colour, ``"triangle"`` -> shape, ``"left"``/``"moving left"`` -> direction,
+    ``"red triangle"`` -> combination; ``kind`` (when given) must agree."""
+    words = [w for w in text.lower().replace(",", " ").split() if w != "moving"]
+    fixed = {}
+    for word in words:
+        attribute = next((a for a in ("color", "shape", "direction") if word in ATTRIBUTES[a]), None)
+        if attribute is None or attribute in fixed:
+            known = ", ".join(v for a in ("color", "shape", "direction") for v in ATTRIBUTES[a])
+            raise ValueError(f"cannot read target {text!r}: {word!r} is not a colour, shape or direction of the "
+                             f"world (one of each at most; known words: {known})")
+        fixed[attribute] = word
+    if not fixed:
+        raise ValueError(f"target {text!r} names no colour, shape or direction")
+    target = Target(tuple((a, fixed[a]) for a in ("color", "shape", "direction") if a in fixed))
+    if kind is not None and kind != target.kind:
+        raise ValueError(f"target {text!r} is a {target.kind} target, not a {kind} one (--target_kind)")
+    return target
+
+
+def combinations(target: Target) -> list[dict]:
+    """Every assignment of the target's free attributes, each marked ``held_out`` or not.
+
+    A combination is held out when the sum of its values' indices is a multiple of ``HOLDOUT_MODULUS``:
+    a fixed rule (the same split for every seed) under which every free value is seen and held out.
+    """
+    free = target.free
+    out = []
+    for values in itertools.product(*(ATTRIBUTES[a] for a in free)):
+        index_sum = sum(ATTRIBUTES[a].index(v) for a, v in zip(free, values))
+        out.append({**dict(zip(free, values)), "held_out": index_sum % HOLDOUT_MODULUS == 0})
+    return out
+
+
+def _spec(values: dict) -> ShapeSpec:
+    return ShapeSpec(values["color"], values["shape"], values["direction"])
+
+
+def _caption(specs, background) -> str:
+    return Scene(tuple(specs), background).caption()
+
+
+def target_caption(target: Target, combination: dict) -> str:
+    values = {**combination, **target.attributes}
+    return _caption([_spec(values)], values["background"])
+
+
+def substitute(target: Target, combination: dict, k: int) -> dict:
+    """The shape of ``combination`` with the target's value(s) replaced, cycling with ``k``: for a
+    combination target one fixed attribute changes at a time (red triangle -> red circle, blue triangle)."""
+    attribute = target.fixed[k % len(target.fixed)][0]
+    others = target.others(attribute)
+    values = {**combination, **target.attributes}
+    values[attribute] = others[(k // len(target.fixed)) % len(others)]
+    return values
+
+
+def training_pairs(target: Target) -> list[tuple[str, str]]:
+    """``(prompt, preserve_prompt)`` for every seen combination: the target caption, and the same scene
+    with the target replaced by another value."""
+    seen = [c for c in combinations(target) if not c["held_out"]]
+    pairs = []
+    for k, combination in enumerate(seen):
+        other = substitute(target, combination, k)
+        pairs.append((target_caption(target, combination), _caption([_spec(other)], other["background"])))
+    return pairs
+
+
+def _item(specs: list, background: str, group: str, target: Target, seed: int, cls: str) -> dict:
+    first = specs[0]
+    return {
+        "prompt": _caption(specs, background),
+        "seed": seed,
+        "group": group,
+        "background": background,
+        "color": first.color,
+        "shape": first.shape,
+        "direction": first.direction,
+        "is_target": any(target.matches(s) for s in specs),
+        # Other prompts report their accuracy per class: the value(s) they have instead of the target's.
+        "class": cls,
+        "shapes": [{"color": s.color, "shape": s.shape, "direction": s.direction, "is_target": target.matches(s)}
+                   for s in specs],
+    }
+
+
+def _spread(pool: list, count: int) -> list:
+    """``count`` combinations evenly spaced over ``pool``, half on each background (all when not fewer)."""
+    if count >= len(pool):
+        return list(pool)
+    chosen = []
+    names = ATTRIBUTES["background"]
+    for b, background in enumerate(names):
+        part = [c for c in pool if c["background"] == background]
+        share = count // len(names) + (b < count % len(names))
+        chosen += [part[int(i * len(part) / share)] for i in range(min(share, len(part)))]
+    return chosen
+
+
+def evaluation_items(target: Target, quick: bool = False) -> list[dict]:
+    """The benchmark's prompts for ``target``: seen, unseen, two-shape and other groups (see module doc).
+
+    ``quick`` keeps a few of each group (both backgrounds, every other class) for CI. Seeds are
+    ``EVAL_SEED_BASE`` + the item's position.
+    """
+    combos = combinations(target)
+    seen = [c for c in combos if not c["held_out"]]
+    unseen = [c for c in combos if c["held_out"]]
+    items = []
+
+    def add(specs, background, group, cls):
+        items.append(_item(specs, background, group, target, EVAL_SEED_BASE + len(items), cls))
+
+    for group, pool in (("seen", seen), ("unseen", unseen)):
+        for combination in _spread(pool, 4) if quick else pool:
+            add([_spec({**combination, **target.attributes})], combination["background"], group, target.name)
+
+    # Two shapes: the target beside a shape of another colour (the classifier tells the two apart by
+    # colour), which for a shape or direction target also differs in that attribute; the target comes
+    # first in half of them.
+    for k, combination in enumerate(_spread(unseen + seen, 4 if quick else 12)):
+        first = {**combination, **target.attributes}
+        second = dict(first)
+        colors = ATTRIBUTES["color"]
+        second["color"] = colors[(colors.index(first["color"]) + 1 + k % (len(colors) - 1)) % len(colors)]
+        for attribute in ("shape", "direction"):
+            names = ATTRIBUTES[attribute]
+            if attribute not in target.attributes:
+                second[attribute] = names[(names.index(first[attribute]) + 1 + k) % len(names)]
+            elif target.kind != "combination":
+                second[attribute] = target.others(attribute)[k % len(target.others(attribute))]
+        specs = [_spec(first), _spec(second)]
+        add(specs[::-1] if k % 2 else specs, combination["background"], "two_shape", target.name)
+
+    # Other prompts: each fixed attribute set to each of its other values (for "red triangle": the red
+    # circles and squares, and the triangles of every other colour), over seen and unseen combinations.
+    for attribute, _ in target.fixed:
+        for value in target.others(attribute):
+            values = {**target.attributes, attribute: value}
+            cls = " ".join(values[a] for a, _ in target.fixed)
+            for combination in _spread(combos, 2 if quick else 8):
+                add([_spec({**combination, **values})], combination["background"], "other", cls)
+    return items
+
+
+def prompt_rows(items: list) -> list[dict]:
+    """The CSV columns of evaluation items (the per-shape details stay in JSON)."""
+    return [{k: it[k] for k in ("prompt", "seed", "group", "background", "color", "is_target", "class")}
+            for it in items]

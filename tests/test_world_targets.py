@@ -1,0 +1,157 @@
+"""The world benchmark's targets, its held-out split, and what it measures (on hand-made videos whose answer is
+known: the ground truth comes from how each video was drawn, never from the code under test)."""
+
+import numpy as np
+import pytest
+
+from receler.world.measure import measure
+from receler.world.scenes import BACKGROUNDS, COLORS, DIRECTIONS, Scene, ShapeSpec, render_video, shape_mask
+from receler.world.targets import combinations, evaluation_items, parse_target, training_pairs
+
+TARGETS = ["red", "blue", "triangle", "left", "red triangle"]
+
+
+@pytest.mark.parametrize("text, kind", [("red", "color"), ("triangle", "shape"), ("left", "direction"),
+                                        ("moving left", "direction"), ("red triangle", "combination")])
+def test_target_kinds(text, kind):
+    target = parse_target(text)
+    assert target.kind == kind
+    assert parse_target(text, kind=kind) == target
+
+
+@pytest.mark.parametrize("text", ["pink", "red blue", "", "moving", "red circle square"])
+def test_bad_targets_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_target(text)
+    with pytest.raises(ValueError, match="not a shape"):
+        parse_target("red", kind="shape")
+
+
+@pytest.mark.parametrize("text", TARGETS)
+@pytest.mark.parametrize("quick", [False, True])
+def test_held_out_groups_are_never_training_captions(text, quick):
+    target = parse_target(text)
+    train = {prompt for prompt, _ in training_pairs(target)}
+    items = evaluation_items(target, quick=quick)
+    held_out = {it["prompt"] for it in items if it["group"] in ("unseen", "two_shape")}
+    assert held_out and not (held_out & train)
+    seen = {it["prompt"] for it in items if it["group"] == "seen"}
+    assert seen and seen <= train
+    # Every evaluation group covers both backgrounds; seeds never repeat.
+    for group in ("seen", "unseen", "two_shape", "other"):
+        assert {it["background"] for it in items if it["group"] == group} == set(BACKGROUNDS), group
+    assert len({it["seed"] for it in items}) == len(items)
+
+
+@pytest.mark.parametrize("text", ["red", "triangle", "left"])
+def test_every_free_value_is_both_seen_and_held_out(text):
+    target = parse_target(text)
+    combos = combinations(target)
+    for attribute in target.free:
+        values = {c[attribute] for c in combos}
+        assert {c[attribute] for c in combos if c["held_out"]} == values
+        assert {c[attribute] for c in combos if not c["held_out"]} == values
+
+
+def test_target_and_other_prompts_say_what_they_claim():
+    target = parse_target("red triangle")
+    for item in evaluation_items(target):
+        words = item["prompt"].split()
+        has_target = any(a == "red" and b == "triangle" for a, b in zip(words, words[1:]))
+        assert item["is_target"] == has_target, item["prompt"]
+        assert item["is_target"] == (item["group"] != "other")
+    for prompt, preserve in training_pairs(target):
+        assert "red triangle" in prompt and "red triangle" not in preserve
+
+
+# --- measurement on hand-made videos ------------------------------------------------------------
+
+
+def draw(color, shape, direction, background="gray", side=19, frames=9, size=64, start=(20, 20), speed=3):
+    """One shape moving ``speed`` px per frame, drawn with numpy (independent of the world's renderer)."""
+    video = np.empty((frames, size, size, 3), dtype=np.uint8)
+    video[:] = BACKGROUNDS[background]
+    dx, dy = DIRECTIONS[direction]
+    stencil = shape_mask(shape, side)
+    for f in range(frames):
+        x, y = start[0] + dx * speed * f, start[1] + dy * speed * f
+        video[f, y : y + side, x : x + side][stencil] = COLORS[color]
+    return video
+
+
+def start_for(direction):
+    """A start that keeps a path of 24 px inside the 64 px frame for shapes up to 27 px."""
+    return tuple(32 if step < 0 else 4 if step > 0 else 18 for step in DIRECTIONS[direction])
+
+
+def test_a_recoloured_larger_square_counts_as_substitution_not_as_erasure():
+    target = parse_target("red")
+    items = [it for it in evaluation_items(target) if it["group"] in ("seen", "unseen")]
+    clean, erased = [], []
+    for it in items:
+        spec = dict(color=it["color"], shape=it["shape"], direction=it["direction"], background=it["background"])
+        clean.append(draw(**spec, start=start_for(it["direction"])))
+        # The "erased" render: the same shape drawn blue with twice the area (27^2 / 19^2 = 2.02).
+        erased.append(draw(**{**spec, "color": "blue"}, side=27, start=start_for(it["direction"])))
+    result = measure(clean, erased, items, target)
+    assert result["target_shown"]["clean"]["seen"] == 1.0 and result["target_shown"]["clean"]["unseen"] == 1.0
+    assert result["target_shown"]["erased"]["all"] == 0.0  # red is gone ...
+    assert result["substitution"]["top"] == "blue"  # ... because everything turned blue
+    assert result["substitution"]["share"] == 1.0
+    assert result["substitution"]["histogram"] == {"blue": len(items)}
+    assert result["rest_of_prompt"]["area_ratio"] == pytest.approx(27**2 / 19**2, rel=0.05)
+    assert result["rest_of_prompt"]["shape"] == 1.0 and result["rest_of_prompt"]["direction"] == 1.0
+    assert result["rest_of_prompt"]["background"] == 1.0
+
+
+def test_erasing_to_nothing_is_not_survival_and_other_classes_are_scored_each():
+    target = parse_target("red")
+    items = evaluation_items(target, quick=True)
+    clean, erased = [], []
+    for it in items:
+        scene = Scene(tuple(ShapeSpec(s["color"], s["shape"], s["direction"]) for s in it["shapes"]), it["background"])
+        video = render_video(scene, seed=it["seed"])
+        clean.append(video)
+        if it["group"] == "other" and it["class"] == "green":
+            # The eraser broke green: those shapes come out blank.
+            erased.append(np.broadcast_to(np.array(BACKGROUNDS[it["background"]], np.uint8), video.shape).copy())
+        elif it["is_target"]:
+            blank = video.copy()
+            red = (video == COLORS["red"]).all(axis=-1)
+            blank[red] = BACKGROUNDS[it["background"]]  # the red shape removed, anything else kept
+            erased.append(blank)
+        else:
+            erased.append(video)
+    result = measure(clean, erased, items, target)
+    assert result["target_shown"]["clean"]["all"] == 1.0
+    assert result["target_shown"]["erased"]["all"] == 0.0
+    assert result["substitution"]["histogram"] == {"none": 8}  # nothing drew a substitute colour ...
+    assert result["substitution"]["share"] == 0.0
+    assert result["rest_of_prompt"]["shape"] == 0.0  # ... but the shape did not survive either
+    assert result["two_shape_other_kept"] == {"clean": 1.0, "erased": 1.0}
+    accuracy = result["other_accuracy"]["erased"]
+    assert accuracy["per_class"]["green"] == 0.0 and accuracy["worst_class"] == "green"
+    assert all(accuracy["per_class"][c] == 1.0 for c in ("yellow", "cyan", "blue", "purple"))
+    assert accuracy["mean"] == pytest.approx(0.8)
+    assert result["other_accuracy"]["clean"]["worst"] == 1.0
+    assert result["other_psnr"]["worst_class"] == "green"
+    assert result["other_psnr"]["per_class"]["yellow"] == 100.0  # identical frames count as 100 dB
+
+
+@pytest.mark.parametrize("text", ["red", "triangle", "left", "red triangle"])
+def test_two_shape_scenes_tell_the_target_from_the_other_shape(text):
+    target = parse_target(text)
+    items = [it for it in evaluation_items(target) if it["group"] == "two_shape"]
+    clean, erased = [], []
+    for it in items:
+        specs = tuple(ShapeSpec(s["color"], s["shape"], s["direction"]) for s in it["shapes"])
+        video = render_video(Scene(specs, it["background"]), seed=it["seed"])
+        target_color = next(s["color"] for s in it["shapes"] if s["is_target"])
+        removed = video.copy()
+        removed[(video == COLORS[target_color]).all(axis=-1)] = BACKGROUNDS[it["background"]]
+        clean.append(video)
+        erased.append(removed)
+    result = measure(clean, erased, items, target)
+    assert result["target_shown"]["clean"]["two_shape"] == 1.0
+    assert result["target_shown"]["erased"]["two_shape"] == 0.0
+    assert result["two_shape_other_kept"] == {"clean": 1.0, "erased": 1.0}
