@@ -38,8 +38,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from receler.errors import UserError, cli_entry, setup_logging  # noqa: E402
-from receler.io_utils import atomic_write_json  # noqa: E402
-from receler.world import evaluation_prompts, make_dataset  # noqa: E402
+from receler.io_utils import atomic_write, atomic_write_json  # noqa: E402
+from receler.world import make_dataset, scene_from_caption  # noqa: E402
 from receler.world import model as world_model  # noqa: E402
 
 logger = logging.getLogger("train_world_model")
@@ -68,11 +68,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     general.add_argument("--verbose", action="store_true", help="Debug logging.")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--num_videos", type=int, default=8000,
+    data.add_argument("--num_videos", type=int, default=12000,
                       help="World videos encoded once for the transformer (latents are precomputed).")
     data.add_argument("--vae_videos", type=int, default=2000, help="World videos in the VAE's training pool.")
     data.add_argument("--two_shape_prob", type=float, default=0.3,
                       help="Share of training videos with two shapes (the world's default mix).")
+    data.add_argument("--attribute_dropout", type=float, default=0.05,
+                      help="Chance that a caption leaves out a shape's colour, shape or direction word (each on its "
+                           "own: 'a circle moving left', 'a red shape moving left', 'a red circle'), so the model "
+                           "knows what an unsaid attribute looks like; erasers can then use such prompts as anchors.")
 
     text = parser.add_argument_group("text encoder (random T5, frozen)")
     text.add_argument("--text_len", type=int, default=world_model.TEXT_LENGTH,
@@ -82,19 +86,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     text.add_argument("--text_layers", type=int, default=2, help="T5 encoder layers.")
 
     vae = parser.add_argument_group("VAE (first on single frames, then on whole clips)")
-    vae.add_argument("--vae_channels", default="8,16,32,32",
-                     help="block_out_channels of the 4 down/up blocks (comma-separated).")
+    vae.add_argument("--vae_channels", default="8,16,32",
+                     help="block_out_channels of the down/up blocks (comma-separated): 3 blocks compress space 4x "
+                          "(16x16 latents at 64 px, enough to keep shapes), 4 blocks 8x.")
     vae.add_argument("--latent_channels", type=int, default=16,
                      help="Latent channels (16 reconstructed motion better than 8 at the same cost).")
-    vae.add_argument("--vae_image_steps", type=int, default=500,
+    vae.add_argument("--vae_image_steps", type=int, default=800,
                      help="Steps on single frames: ~9x cheaper per image than clips, they teach the spatial code.")
     vae.add_argument("--vae_image_batch_size", type=int, default=32, help="Frames per single-frame step.")
     vae.add_argument("--vae_image_lr", type=float, default=2e-3, help="Peak AdamW learning rate on single frames.")
-    vae.add_argument("--vae_steps", type=int, default=1000,
+    vae.add_argument("--vae_steps", type=int, default=1500,
                      help="Steps on whole clips: they teach the temporal code (motion within a latent frame).")
     vae.add_argument("--vae_batch_size", type=int, default=4, help="Clips per clip step.")
     vae.add_argument("--vae_lr", type=float, default=1e-3, help="Peak AdamW learning rate on clips.")
-    vae.add_argument("--vae_kl_weight", type=float, default=1e-3,
+    vae.add_argument("--vae_kl_weight", type=float, default=1e-5,
                      help="Weight of the KL term (per latent element) next to the per-pixel reconstruction loss.")
     vae.add_argument("--vae_foreground_weight", type=float, default=9.0,
                      help="Extra loss weight on pixels that differ from the background (the shapes).")
@@ -103,11 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "transformer (for iterating on the transformer).")
 
     tr = parser.add_argument_group("transformer")
-    tr.add_argument("--num_layers", type=int, default=4, help="Transformer blocks.")
+    tr.add_argument("--num_layers", type=int, default=6, help="Transformer blocks.")
     tr.add_argument("--num_heads", type=int, default=8, help="Attention heads (width = heads x head_dim).")
     tr.add_argument("--head_dim", type=int, default=16, help="Channels per attention head.")
-    tr.add_argument("--transformer_steps", type=int, default=4000, help="Transformer training steps.")
-    tr.add_argument("--batch_size", type=int, default=64, help="Videos per transformer step.")
+    tr.add_argument("--patch_size", type=int, default=2,
+                    help="Latent pixels per token side (2: a 16x16 latent frame is 8x8 tokens).")
+    tr.add_argument("--transformer_steps", type=int, default=12000, help="Transformer training steps.")
+    tr.add_argument("--batch_size", type=int, default=32, help="Videos per transformer step.")
     tr.add_argument("--lr", type=float, default=1e-3, help="Peak AdamW learning rate (linear warmup, cosine decay).")
     tr.add_argument("--warmup_steps", type=int, default=200, help="Learning-rate warmup steps.")
     tr.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay.")
@@ -126,7 +133,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ev.add_argument("--skip_eval", action="store_true", help="Save the model without measuring it.")
     ev.add_argument("--eval_every", type=int, default=1000,
                     help="Also measure colour accuracy on the 14 quick prompts every N transformer steps (0: never).")
-    ev.add_argument("--log_every", type=int, default=100, help="Log the running loss every N steps.")
+    ev.add_argument("--log_every", type=int, default=200, help="Log the running loss every N steps.")
+
+    state = parser.add_argument_group("resuming (training takes hours on a CPU)")
+    state.add_argument("--state_dir", default="runs/world-model-state",
+                       help="Where the trained VAE stage and transformer checkpoints go while training.")
+    state.add_argument("--checkpoint_every", type=int, default=500,
+                       help="Save the transformer, its weight average and the optimizer every N steps (0: never).")
+    state.add_argument("--resume", action="store_true",
+                       help="Continue from --state_dir: reuse its VAE stage and the latest transformer checkpoint.")
     args = parser.parse_args(argv)
 
     try:
@@ -134,8 +149,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.eval_guidance = [float(g) for g in args.eval_guidance.split(",")]
     except ValueError as err:
         raise UserError(f"--vae_channels and --eval_guidance take comma-separated numbers ({err})") from None
-    if len(args.vae_channels) != 4:
-        raise UserError(f"--vae_channels needs 4 numbers (8x spatial needs 4 blocks), got {args.vae_channels}")
+    if len(args.vae_channels) not in (3, 4):
+        raise UserError(f"--vae_channels needs 3 numbers (4x spatial compression) or 4 (8x), got {args.vae_channels}")
     for name in ("num_videos", "vae_videos", "vae_batch_size", "vae_image_batch_size", "batch_size", "threads",
                  "text_len"):
         if getattr(args, name) < 1:
@@ -146,6 +161,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     if not 0.0 <= args.caption_dropout < 1.0:
         raise UserError(f"--caption_dropout must be in [0, 1), got {args.caption_dropout}")
+    if not 0.0 <= args.attribute_dropout < 1.0:
+        raise UserError(f"--attribute_dropout must be in [0, 1), got {args.attribute_dropout}")
     return args
 
 
@@ -222,11 +239,12 @@ def build_vae(args):
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(args.seed + 1)
+    blocks = len(args.vae_channels)
     return AutoencoderKLCogVideoX(
         in_channels=3,
         out_channels=3,
-        down_block_types=("CogVideoXDownBlock3D",) * 4,
-        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        down_block_types=("CogVideoXDownBlock3D",) * blocks,
+        up_block_types=("CogVideoXUpBlock3D",) * blocks,
         block_out_channels=args.vae_channels,
         latent_channels=args.latent_channels,
         layers_per_block=1,
@@ -237,7 +255,7 @@ def build_vae(args):
     )
 
 
-def build_transformer(args, text_dim: int):
+def build_transformer(args, text_dim: int, spatial_scale: int):
     from diffusers import CogVideoXTransformer3DModel
 
     torch.manual_seed(args.seed + 2)
@@ -250,10 +268,10 @@ def build_transformer(args, text_dim: int):
         time_embed_dim=width,
         text_embed_dim=text_dim,
         num_layers=args.num_layers,
-        sample_width=world_model.WIDTH // 8,
-        sample_height=world_model.HEIGHT // 8,
+        sample_width=world_model.WIDTH // spatial_scale,
+        sample_height=world_model.HEIGHT // spatial_scale,
         sample_frames=world_model.NUM_FRAMES,
-        patch_size=2,
+        patch_size=args.patch_size,
         temporal_compression_ratio=4,
         max_text_seq_length=args.text_len,
         use_rotary_positional_embeddings=False,  # CogVideoX-2b layout: sincos positions
@@ -350,7 +368,8 @@ def encode_dataset(pipe, args):
     """Latents of ``--num_videos`` world videos and the index of each one's caption embedding.
 
     Returns ``(latents, caption_index, caption_embeds)``; captions repeat, so each distinct one is
-    encoded once with the pipeline's own ``encode_prompt`` (the exact inference path).
+    encoded once with the pipeline's own ``encode_prompt`` (the exact inference path). With
+    ``--attribute_dropout`` some captions leave an attribute unsaid (see :func:`partial_captions`).
     """
     from tqdm.auto import tqdm
 
@@ -360,11 +379,25 @@ def encode_dataset(pipe, args):
     for chunk_captions, videos in tqdm(chunks, total=total, desc="encode videos", unit="chunk"):
         latents.append(encode_videos(pipe.vae, videos))
         captions.extend(chunk_captions)
+    captions = partial_captions(captions, args.attribute_dropout, seed=args.seed + 250)
     distinct = sorted(set(captions))
     position = {caption: i for i, caption in enumerate(distinct)}
     caption_embeds = embed_prompts(pipe, distinct, args.text_len)
     caption_index = torch.tensor([position[caption] for caption in captions])
     return torch.cat(latents), caption_index, caption_embeds
+
+
+def partial_captions(captions: list[str], dropout: float, seed: int) -> list[str]:
+    """Each caption with its colour, shape and direction words each left out with probability ``dropout``
+    (the same attribute for every shape of the caption), deterministically from ``seed``."""
+    if dropout <= 0:
+        return list(captions)
+    rng = np.random.default_rng(seed)
+    out = []
+    for caption in captions:
+        omit = [a for a in ("color", "shape", "direction") if rng.random() < dropout]
+        out.append(scene_from_caption(caption).caption(omit=omit) if omit else caption)
+    return out
 
 
 @torch.no_grad()
@@ -388,11 +421,14 @@ def update_ema(ema, model, decay: float) -> None:
 
 
 def train_transformer(
-    transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=None
+    transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=None, state_file=None
 ):
     """v-prediction training on precomputed latents; returns the weights to save (EMA if enabled).
 
     ``on_eval(step, model)`` is called every ``--eval_every`` steps with the weights that would be saved.
+    With ``state_file``, everything needed to continue (weights, average, optimizer, random state, step) is
+    saved there every ``--checkpoint_every`` steps, and loaded first when it exists (``--resume``): a resumed
+    run continues the same random stream, so it ends with the weights an uninterrupted run would have.
     """
     from tqdm.auto import tqdm
 
@@ -400,9 +436,19 @@ def train_transformer(
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ema = copy.deepcopy(transformer).requires_grad_(False) if args.ema_decay > 0 else None
     num_train_timesteps = scheduler.config.num_train_timesteps
+    running, first_step, history = None, 0, []
+    if state_file is not None and Path(state_file).is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        transformer.load_state_dict(state["transformer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        running, first_step, history = state["running"], state["step"], state["history"]
+        logger.info("resumed the transformer from %s at step %d", state_file, first_step)
     transformer.train()
-    running = None
-    progress = tqdm(range(args.transformer_steps), desc="transformer", unit="step", mininterval=5)
+    progress = tqdm(range(first_step, args.transformer_steps), desc="transformer", unit="step", mininterval=5,
+                    initial=first_step, total=args.transformer_steps)
     for step in progress:
         lr = cosine_lr(step, args.transformer_steps, args.lr, warmup=min(args.warmup_steps, args.transformer_steps))
         for group in optimizer.param_groups:
@@ -435,11 +481,16 @@ def train_transformer(
             logger.info("transformer step %d/%d: loss %.4f (running), grad norm %.3f, lr %.2e", step + 1,
                         args.transformer_steps, running, grad_norm.item(), lr)
         if on_eval is not None and args.eval_every > 0 and (step + 1) % args.eval_every == 0:
-            on_eval(step + 1, (ema if ema is not None else transformer).eval())
+            history.append(on_eval(step + 1, (ema if ema is not None else transformer).eval()))
             transformer.train()
+        if state_file is not None and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
+            state = {"transformer": transformer.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                     "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "running": running,
+                     "step": step + 1, "history": history}
+            atomic_write(state_file, lambda tmp: torch.save(state, tmp))
     transformer.eval()
     final = ema if ema is not None else transformer
-    return final.eval().requires_grad_(False), {"final_loss": running}
+    return final.eval().requires_grad_(False), {"final_loss": running, "quick_eval_history": history}
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -480,10 +531,14 @@ def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+ACCURACY_KEYS = ("color_accuracy", "shape_accuracy", "direction_accuracy", "background_accuracy",
+                 "two_shape_accuracy")
+
+
 def evaluate(folder: Path, args) -> dict:
-    """Render the evaluation prompts with the reloaded model at each guidance scale and score them."""
+    """Render the check prompts with the reloaded model at each guidance scale and score them."""
     pipe = world_model.load_world_pipeline(folder, dtype=torch.float32)
-    prompts = evaluation_prompts(quick=False)
+    prompts = world_model.check_prompts(quick=False)
     if args.eval_prompts is not None:
         prompts = prompts[: args.eval_prompts]
     results = {}
@@ -493,18 +548,13 @@ def evaluate(folder: Path, args) -> dict:
             pipe, prompts, guidance_scale=guidance, num_inference_steps=args.eval_inference_steps, progress=True
         )
         scores = world_model.score_videos(videos, prompts)
-        # Per-colour rates: an erasure benchmark compares the target colour's rate before and after.
-        per_color = {}
-        for item, (color, _) in zip(prompts, scores["labels"]):
-            per_color.setdefault(item["color"], []).append(color == item["color"])
         results[f"{guidance:g}"] = {
-            "color_accuracy": scores["color_accuracy"],
-            "shape_accuracy": scores["shape_accuracy"],
-            "color_accuracy_per_color": {color: sum(hits) / len(hits) for color, hits in per_color.items()},
+            **{key: scores[key] for key in ACCURACY_KEYS},
+            "color_accuracy_per_color": scores["per_color"],
             "seconds": round(time.perf_counter() - start, 1),
         }
-        logger.info("guidance %g: colour accuracy %.3f, shape accuracy %.3f (%d prompts, %.0f s)", guidance,
-                    scores["color_accuracy"], scores["shape_accuracy"], len(prompts), time.perf_counter() - start)
+        logger.info("guidance %g: %s (%d prompts, %.0f s)", guidance, _accuracies(scores), len(prompts),
+                    time.perf_counter() - start)
     return {
         "num_prompts": len(prompts),
         "render_settings": {
@@ -517,6 +567,36 @@ def evaluate(folder: Path, args) -> dict:
         },
         "by_guidance": results,
     }
+
+
+def _accuracies(scores: dict) -> str:
+    return ", ".join(f"{key.replace('_accuracy', '')} {scores[key]:.3f}" for key in ACCURACY_KEYS
+                     if scores.get(key) is not None)
+
+
+@torch.no_grad()
+def vae_check(vae, args, count: int = 96) -> dict:
+    """Classifier accuracy on VAE reconstructions of single-shape world videos: the ceiling for the model."""
+    pairs = make_dataset(count, seed=args.seed + 400, two_shape_prob=0.0)
+    videos = np.stack([video for _, video in pairs])
+    decoded = []
+    for start in range(0, count, 16):
+        latents = vae.encode(to_model_video(videos[start : start + 16])).latent_dist.mode()
+        decoded.append(vae.decode(latents).sample)
+    frames = ((torch.cat(decoded).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    scores = world_model.score_videos(list(frames), [caption for caption, _ in pairs])
+    logger.info("VAE reconstructions: %s (%d videos)", _accuracies(scores), count)
+    return {key: scores[key] for key in ACCURACY_KEYS[:4]}
+
+
+def save_frozen_parts(folder: Path, text_encoder, vae) -> None:
+    """The trained VAE stage, in the layout ``--vae_from`` reads, so a resumed run skips it."""
+    staging = folder.parent / f".{folder.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    text_encoder.save_pretrained(staging / "text_encoder")
+    vae.save_pretrained(staging / "vae")
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
 
 
 # ----------------------------------------------------------------------------- main
@@ -533,6 +613,13 @@ def main(argv=None) -> dict:
 
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir)
+    state_dir = Path(args.state_dir)
+    if not args.resume and state_dir.exists():
+        shutil.rmtree(state_dir)  # a fresh run never mixes with an old run's state
+    state_dir.mkdir(parents=True, exist_ok=True)
+    vae_stage = state_dir / "vae_stage"
+    if args.resume and args.vae_from is None and (vae_stage / "vae" / "config.json").is_file():
+        args.vae_from = str(vae_stage)
     timings = {}
     started = time.perf_counter()
 
@@ -545,21 +632,33 @@ def main(argv=None) -> dict:
         logger.info("training the VAE (%d parameters): %d steps on frames, %d on clips", count_parameters(vae),
                     args.vae_image_steps, args.vae_steps)
         vae_stats = train_vae(vae, args)
+        save_frozen_parts(vae_stage, text_encoder, vae)
+    vae_stats = {**vae_stats, "reconstruction": vae_check(vae, args)}
     timings["vae_training_s"] = time.perf_counter() - stage
 
-    transformer = build_transformer(args, text_dim=text_encoder.config.d_model)
+    spatial_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    transformer = build_transformer(args, text_dim=text_encoder.config.d_model, spatial_scale=spatial_scale)
     scheduler = CogVideoXDDIMScheduler(**SCHEDULER_2B)
     pipe = CogVideoXPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
     )
 
     stage = time.perf_counter()
-    latents, caption_index, caption_embeds = encode_dataset(pipe, args)
-    # Unit-variance latents suit the scheduler's noise levels; the pipeline divides by this on decode.
-    scaling_factor = float(1.0 / latents.std())
+    cache = state_dir / "latents.pt"
+    if args.resume and cache.is_file():
+        data = torch.load(cache, map_location="cpu", weights_only=True)
+        logger.info("reusing the encoded dataset in %s", cache)
+    else:
+        latents, caption_index, caption_embeds = encode_dataset(pipe, args)
+        # Unit-variance latents suit the scheduler's noise levels; the pipeline divides by this on decode.
+        scaling_factor = float(1.0 / latents.std())
+        data = {"latents": latents * scaling_factor, "caption_index": caption_index,
+                "caption_embeds": caption_embeds, "scaling_factor": scaling_factor}
+        atomic_write(cache, lambda tmp: torch.save(data, tmp))
+    latents, caption_index, caption_embeds = data["latents"], data["caption_index"], data["caption_embeds"]
+    scaling_factor = float(data["scaling_factor"])
     vae.register_to_config(scaling_factor=scaling_factor)
     pipe.vae_scaling_factor_image = scaling_factor
-    latents = latents * scaling_factor
     empty_embed = embed_prompts(pipe, [""], args.text_len)
     timings["encoding_s"] = time.perf_counter() - stage
     logger.info("encoded %d videos (%d distinct captions); latents %s, scaling factor %.4f", len(latents),
@@ -568,21 +667,19 @@ def main(argv=None) -> dict:
     stage = time.perf_counter()
     logger.info("training the transformer (%d parameters) for %d steps of %d videos",
                 count_parameters(transformer), args.transformer_steps, args.batch_size)
-    quick_prompts = evaluation_prompts(quick=True)
-    quick_history = []
+    quick_prompts = world_model.check_prompts(quick=True)
 
     def quick_eval(step, model):
         pipe.register_modules(transformer=model)
         videos = world_model.render_world(pipe, quick_prompts, num_inference_steps=args.eval_inference_steps)
         scores = world_model.score_videos(videos, quick_prompts)
-        quick_history.append({"step": step, "color_accuracy": scores["color_accuracy"],
-                              "shape_accuracy": scores["shape_accuracy"]})
-        logger.info("step %d: quick colour accuracy %.3f, shape accuracy %.3f (guidance 1, %d prompts)", step,
-                    scores["color_accuracy"], scores["shape_accuracy"], len(quick_prompts))
+        logger.info("step %d: %s (guidance 1, %d quick prompts)", step, _accuracies(scores), len(quick_prompts))
+        return {"step": step, **{key: scores[key] for key in ACCURACY_KEYS}}
 
     pipe.set_progress_bar_config(disable=True)
     trained, transformer_stats = train_transformer(
-        transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval
+        transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval,
+        state_file=state_dir / "transformer_state.pt",
     )
     pipe.register_modules(transformer=trained)
     timings["transformer_training_s"] = time.perf_counter() - stage
@@ -599,7 +696,7 @@ def main(argv=None) -> dict:
         },
         "vae_scaling_factor": scaling_factor,
         "vae": vae_stats,
-        "transformer": {**transformer_stats, "quick_eval_history": quick_history},
+        "transformer": transformer_stats,
         "folder_bytes": folder_size(output_dir),
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
     }
@@ -614,8 +711,7 @@ def main(argv=None) -> dict:
     lines = [f"world model saved to {output_dir} ({summary['folder_bytes'] / 1e6:.1f} MB)"]
     lines += [f"  {name}: {seconds:.0f} s" for name, seconds in summary["timings"].items()]
     for guidance, result in summary.get("evaluation", {}).get("by_guidance", {}).items():
-        lines.append(f"  guidance {guidance}: colour accuracy {result['color_accuracy']:.1%}, "
-                     f"shape accuracy {result['shape_accuracy']:.1%}")
+        lines.append(f"  guidance {guidance}: {_accuracies(result)}")
     logger.info("\n".join(lines))
     return summary
 

@@ -103,17 +103,42 @@ def test_a_video_does_not_depend_on_its_batch(bundled_pipe):
     assert difference.max() <= 2  # float rounding of batched matrix products, at most a level or two
 
 
-def test_score_videos_counts_colour_and_shape_hits():
+def test_score_videos_counts_colour_shape_direction_and_background_hits():
     from receler.world import Scene, ShapeSpec, render_video
 
     red_circle = render_video(Scene((ShapeSpec("red", "circle", "left"),), "gray"), seed=1)
     blue_square = render_video(Scene((ShapeSpec("blue", "square", "up"),), "gray"), seed=2)
-    prompts = ["a red circle moving left on a gray background", ("a red square moving up on a gray background", 5)]
+    prompts = ["a red circle moving left on a gray background", ("a red square moving down on a black background", 5)]
     scores = world_model.score_videos([red_circle, blue_square], prompts)
     assert scores["color_accuracy"] == 0.5  # the second video is blue, not red
     assert scores["shape_accuracy"] == 1.0
+    assert scores["direction_accuracy"] == 0.5  # ... moves up, not down
+    assert scores["background_accuracy"] == 0.5  # ... on gray, not black
+    assert scores["per_color"] == {"red": 0.5}  # both prompts ask for red
+    assert scores["two_shape_accuracy"] is None
     with pytest.raises(ValueError, match="2 videos for 1 prompts"):
         world_model.score_videos([red_circle, blue_square], prompts[:1])
+
+    two = Scene((ShapeSpec("green", "triangle", "right"), ShapeSpec("purple", "square", "down")), "black")
+    video = render_video(two, seed=3)
+    assert world_model.score_videos([video], [two.caption()])["two_shape_accuracy"] == 1.0
+    wrong = Scene((ShapeSpec("green", "triangle", "right"), ShapeSpec("purple", "circle", "down")), "black")
+    assert world_model.score_videos([video], [wrong.caption()])["two_shape_accuracy"] == 0.5
+
+
+def test_check_prompts_cover_every_attribute():
+    from receler.world import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, scene_from_caption
+
+    for quick in (False, True):
+        items = world_model.check_prompts(quick=quick)
+        scenes = [scene_from_caption(item["prompt"]) for item in items]
+        singles = [scene.shapes[0] for scene in scenes if len(scene.shapes) == 1]
+        assert {s.color for s in singles} == set(COLORS) and {s.shape for s in singles} == set(SHAPES)
+        assert {s.direction for s in singles} == set(DIRECTIONS)
+        assert {scene.background for scene in scenes} == set(BACKGROUNDS)
+        assert any(len(scene.shapes) == 2 for scene in scenes)
+        assert len({item["seed"] for item in items}) == len(items)
+    assert len(world_model.check_prompts()) == 6 * 3 * 4 * 2 + 24
 
 
 def test_load_world_pipeline_names_the_missing_folder(tmp_path):
@@ -156,9 +181,10 @@ def test_training_script_help_explains_every_flag(capsys):
 def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     script = load_script()
     folder = tmp_path / "world"
+    state = ["--state_dir", str(tmp_path / "state")]
     summary = script.main(
-        TINY_ARGS + ["--output_dir", str(folder), "--eval_prompts", "2", "--eval_inference_steps", "2",
-                     "--eval_guidance", "1,3"]
+        TINY_ARGS + state + ["--output_dir", str(folder), "--eval_prompts", "2", "--eval_inference_steps", "2",
+                             "--eval_guidance", "1,3"]
     )
 
     pipe = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
@@ -176,21 +202,66 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     for result in written["evaluation"]["by_guidance"].values():
         assert 0.0 <= result["color_accuracy"] <= 1.0
     assert {"vae_training_s", "transformer_training_s", "total_s"} <= set(written["timings"])
+    assert set(written["vae"]["reconstruction"]) == {"color_accuracy", "shape_accuracy", "direction_accuracy",
+                                                      "background_accuracy"}
     # No staging or backup folders are left next to the output.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state", "world"]
 
     # A second run replaces the model in place, and the same seed gives the same weights.
-    script.main(TINY_ARGS + ["--output_dir", str(folder), "--skip_eval"])
+    script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval"])
     again = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
     for before, after in zip(pipe.transformer.state_dict().values(), again.transformer.state_dict().values()):
         assert torch.equal(before, after)
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    script = load_script()
+    args = TINY_ARGS + ["--transformer_steps", "4", "--checkpoint_every", "2", "--skip_eval",
+                        "--attribute_dropout", "0.5"]
+    script.main(args + ["--output_dir", str(tmp_path / "whole"), "--state_dir", str(tmp_path / "s1")])
+
+    real_update = script.update_ema
+    calls = []
+
+    def interrupt_after_two_steps(ema, model, decay):
+        calls.append(1)
+        if len(calls) == 3:  # step 3, after the checkpoint of step 2
+            raise KeyboardInterrupt
+        real_update(ema, model, decay)
+
+    monkeypatch.setattr(script, "update_ema", interrupt_after_two_steps)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(args + ["--output_dir", str(tmp_path / "resumed"), "--state_dir", str(tmp_path / "s2")])
+    monkeypatch.setattr(script, "update_ema", real_update)
+    assert not (tmp_path / "resumed").exists()
+    script.main(args + ["--output_dir", str(tmp_path / "resumed"), "--state_dir", str(tmp_path / "s2"), "--resume"])
+
+    whole = CogVideoXPipeline.from_pretrained(tmp_path / "whole", local_files_only=True)
+    resumed = CogVideoXPipeline.from_pretrained(tmp_path / "resumed", local_files_only=True)
+    for module in ("transformer", "vae"):
+        for a, b in zip(getattr(whole, module).state_dict().values(), getattr(resumed, module).state_dict().values()):
+            assert torch.equal(a, b), module
+
+
+def test_partial_captions_leave_out_attributes():
+    script = load_script()
+    captions = ["a red circle moving left on a gray background"] * 400
+    partial = script.partial_captions(captions, 0.25, seed=0)
+    assert partial == script.partial_captions(captions, 0.25, seed=0)
+    assert script.partial_captions(captions, 0.0, seed=0) == captions
+    counts = {"colour": sum("red" not in c for c in partial), "shape": sum("red shape" in c for c in partial),
+              "direction": sum("moving" not in c for c in partial)}
+    for name, count in counts.items():
+        assert 60 <= count <= 140, (name, count)  # about a quarter each
+    assert "a circle moving left on a gray background" in partial
+    assert all(c.endswith("on a gray background") for c in partial)
 
 
 def test_training_script_refuses_a_folder_that_is_not_a_model(tmp_path):
     script = load_script()
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(SystemExit) as exit_info:
-        script.main(TINY_ARGS + ["--output_dir", str(tmp_path), "--skip_eval"])
+        script.main(TINY_ARGS + ["--output_dir", str(tmp_path), "--skip_eval", "--state_dir", str(tmp_path / "s")])
     assert exit_info.value.code == 2
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 

@@ -121,30 +121,63 @@ def _prompt_text(item) -> str:
     return item["prompt"] if isinstance(item, dict) else item if isinstance(item, str) else item[0]
 
 
-def score_videos(videos, prompts) -> dict:
-    """Colour and shape accuracy of single-shape videos against their prompts.
+def check_prompts(quick: bool = False) -> list[dict]:
+    """The prompts the world model is validated on, each ``{"prompt", "seed"}``: every single-shape caption
+    on both backgrounds (144; ``quick``: 29 of them covering every colour, shape, direction and background)
+    and 24 two-shape scenes (``quick``: 6)."""
+    from receler.world.scenes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, Scene, ShapeSpec, sample_scene
 
-    ``prompts`` are captions, ``(prompt, seed)`` pairs or evaluation-prompt dicts. A video counts
-    for its colour when the classifier's majority colour is the first shape's colour (the same
-    for shapes). Returns ``{"color_accuracy", "shape_accuracy", "labels"}`` with one
-    ``(color, shape)`` label per video.
+    singles = [Scene((ShapeSpec(c, s, d),), b).caption()
+               for b in BACKGROUNDS for c in COLORS for s in SHAPES for d in DIRECTIONS]
+    rng = np.random.default_rng(2024)
+    pairs = [sample_scene(rng, two_shape_prob=1.0).caption() for _ in range(24)]
+    if quick:  # a stride coprime with the 4 directions and 3 shapes visits every combination of them
+        singles, pairs = singles[::5], pairs[:6]
+    return [{"prompt": prompt, "seed": 20_000 + i} for i, prompt in enumerate(singles + pairs)]
+
+
+def score_videos(videos, prompts) -> dict:
+    """How well videos show their prompts, by the pixel classifier.
+
+    ``prompts`` are captions, ``(prompt, seed)`` pairs or dicts with a ``prompt``. Single-shape videos
+    count for ``color_accuracy``, ``shape_accuracy``, ``direction_accuracy`` and ``background_accuracy``
+    (the classifier's majority colour / shape, the largest blob's direction, the border's background);
+    ``per_color`` splits the colour accuracy by prompted colour. Each shape of a two-shape video counts
+    for ``two_shape_accuracy`` when an object of its colour is shown with its shape and direction.
+    ``labels`` holds one ``(color, shape)`` reading per video.
     """
+    from receler.world.classify import describe_object, video_shows_color
+
     videos, prompts = list(videos), list(prompts)
     if len(videos) != len(prompts):
         raise ValueError(f"got {len(videos)} videos for {len(prompts)} prompts")
     if not videos:
         raise ValueError("no videos to score")
-    color_hits = shape_hits = 0
-    labels = []
+    hits = {"color": [], "shape": [], "direction": [], "background": []}
+    per_color, two_shape, labels = {}, [], []
     for video, prompt in zip(videos, prompts):
-        wanted = scene_from_caption(_prompt_text(prompt)).shapes[0]
+        scene = scene_from_caption(_prompt_text(prompt))
         label = classify_video(video)
         labels.append((label.color, label.shape))
-        color_hits += label.color == wanted.color
-        shape_hits += label.shape == wanted.shape
+        if len(scene.shapes) == 2:
+            for spec in scene.shapes:
+                obj = describe_object(video, spec.color)
+                two_shape.append(video_shows_color(video, spec.color) and obj.shape == spec.shape
+                                 and obj.direction == spec.direction)
+            continue
+        wanted = scene.shapes[0]
+        for attribute in ("color", "shape", "direction"):
+            hits[attribute].append(getattr(label, attribute) == getattr(wanted, attribute))
+        hits["background"].append(label.background == scene.background)
+        per_color.setdefault(wanted.color, []).append(label.color == wanted.color)
+
+    def rate(values):
+        return sum(values) / len(values) if values else None
+
     return {
-        "color_accuracy": color_hits / len(videos),
-        "shape_accuracy": shape_hits / len(videos),
+        **{f"{attribute}_accuracy": rate(values) for attribute, values in hits.items()},
+        "per_color": {color: rate(values) for color, values in per_color.items()},
+        "two_shape_accuracy": rate(two_shape),
         "labels": labels,
     }
 
