@@ -1,5 +1,6 @@
-"""The world benchmark runs end to end on the bundled model with a reduced prompt set and tiny budgets,
-and writes every field of every row (the numbers themselves are the benchmark's, not the test's)."""
+"""The world benchmark runs end to end on the bundled model with a reduced prompt set and tiny budgets, and
+writes every field of every row (the numbers themselves are the benchmark's; what they mean is tested on
+hand-made videos in test_world_targets.py)."""
 
 import json
 
@@ -7,28 +8,76 @@ import pytest
 
 from receler.world.model import WORLD_MODEL_DIR
 
-ROW_FIELDS = {"guidance", "target_rate_clean", "target_rate_erased", "other_accuracy_clean", "other_accuracy_erased",
-              "other_psnr"}
+pytestmark = pytest.mark.skipif(not (WORLD_MODEL_DIR / "model_index.json").exists(),
+                                reason="the bundled world model is missing")
+
+FAST = ["--quick", "--train_steps", "4", "--attack_steps", "1,2", "--steps", "6"]
 
 
-@pytest.mark.skipif(not (WORLD_MODEL_DIR / "model_index.json").exists(), reason="the bundled world model is missing")
+def check_row(name, row):
+    for side in ("clean", "erased"):
+        shown = row["target_shown"][side]
+        for group in ("seen", "unseen", "two_shape", "all", "seen_gray", "seen_black"):
+            assert 0.0 <= shown[group] <= 1.0, (name, side, group)
+        accuracy = row["other_accuracy"][side]
+        for key in ("mean", "worst", "worst_class_background", "whole_prompt"):
+            assert 0.0 <= accuracy[key] <= 1.0, (name, side, key)
+        assert accuracy["worst"] == min(accuracy["per_class"].values())
+        assert 0.0 <= row["two_shape_other_kept"][side] <= 1.0
+    substitution = row["substitution"]
+    assert sum(substitution["histogram"].values()) == 8  # the quick set's 4 seen + 4 unseen target prompts
+    assert 0.0 <= substitution["share"] <= 1.0
+    rest = row["rest_of_prompt"]
+    assert {"shape", "direction", "background", "all", "area_ratio"} <= set(rest)
+    assert row["other_psnr"]["worst"] <= row["other_psnr"]["mean"]
+
+
 def test_quick_benchmark_writes_every_row_and_field(tmp_path):
     from receler.world.benchmark import ALL_ROWS, main
 
-    report = main([str(tmp_path), "--quick", "--train_steps", "6", "--attack_steps", "1,2", "--steps", "10"])
+    report = main([str(tmp_path), *FAST])
     saved = json.loads((tmp_path / "world_benchmark.json").read_text())
     assert saved == json.loads(json.dumps(report))
-    assert set(saved["rows"]) == set(ALL_ROWS)
-    for name, row in saved["rows"].items():
-        assert ROW_FIELDS <= set(row), name
-        for key in ("target_rate_clean", "target_rate_erased", "other_accuracy_clean", "other_accuracy_erased"):
-            assert 0.0 <= row[key] <= 1.0, (name, key)
+    run = saved["runs"]["red/seed42"]
+    assert set(run["rows"]) == set(ALL_ROWS)
+    for name, row in run["rows"].items():
+        check_row(name, row)
     for name in ("full_attacked", "adversarial_attacked"):
-        row = saved["rows"][name]
-        assert set(row["target_rate_attacked_by_steps"]) == {"1", "2"}
-        assert row["target_rate_attacked"] == row["target_rate_attacked_by_steps"]["2"]
-        assert 0.0 <= row["target_rate_attacked"] <= 1.0
-    assert saved["rows"]["negative_prompt"]["guidance"] > 1
-    assert saved["num_prompts"] == 14
+        row = run["rows"][name]
+        assert set(row["target_shown_attacked_by_steps"]) == {"1", "2"}
+        assert row["target_shown_attacked"] == row["target_shown_attacked_by_steps"]["2"]
+    assert run["rows"]["negative_prompt"]["guidance"] > 1
+    assert set(saved["summary"]) == set(ALL_ROWS)
+    assert (tmp_path / "world_benchmark.md").read_text().count("| red | 42 |") == len(ALL_ROWS)
     # The clean renders are the bundled model's: at guidance 1 it draws the prompted colour.
-    assert saved["rows"]["full"]["target_rate_clean"] >= 0.75
+    assert run["rows"]["full"]["target_shown"]["clean"]["seen"] >= 0.75
+
+
+def test_several_targets_and_seeds_resume_and_summarise(tmp_path):
+    from receler.world.benchmark import main
+
+    argv = [str(tmp_path), *FAST, "--targets", "triangle,left", "--seeds", "0,1"]
+    first = main(argv)
+    assert set(first["runs"]) == {"triangle/seed0", "triangle/seed1", "left/seed0", "left/seed1"}
+    assert first["runs"]["left/seed0"]["target_kind"] == "direction"
+    for run in first["runs"].values():
+        assert set(run["rows"]) == {"full"}
+        check_row(run["target"], run["rows"]["full"])
+    summary = first["summary"]["full"]
+    drops = [r["rows"]["full"]["other_psnr"]["mean"] for r in first["runs"].values()]
+    assert summary["psnr_mean"]["mean"] == pytest.approx(sum(drops) / 4)
+    assert summary["psnr_mean"]["worst"] == min(drops)
+    # A rerun with the same settings reuses every saved run (no eraser is trained again).
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "erasers").rglob("eraser_weights.safetensors")}
+    again = main(argv)
+    assert again["runs"] == first["runs"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "erasers").rglob("eraser_weights.safetensors")} == before
+
+
+def test_bad_targets_are_refused_before_anything_loads(tmp_path, capsys):
+    from receler.world.benchmark import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--targets", "red,pink"])
+    assert exit_info.value.code == 2
+    assert "pink" in capsys.readouterr().err

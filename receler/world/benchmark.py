@@ -1,20 +1,26 @@
-"""The world benchmark: erase one concept from the bundled world model and measure what is gone and what survives.
+"""The world benchmark: erase a concept from the bundled world model and measure what is gone, what replaced it,
+and what survives, on held-out prompts.
 
-    bash scripts/world_benchmark.sh OUT_DIR            (or: python -m receler.world.benchmark OUT_DIR [--quick])
+    bash scripts/world_benchmark.sh OUT_DIR [--quick]          (or: python -m receler.world.benchmark OUT_DIR ...)
+    python -m receler.world.benchmark OUT_DIR --targets red,yellow,green,cyan,blue,purple --seeds 0,1,2
+    python -m receler.world.benchmark OUT_DIR --targets triangle,left,"red triangle"
 
-Every eraser is trained with the project's own training CLI on prompts naming the target colour (preserve
-prompts: the same scene in another colour); then a fixed prompt set is rendered clean and erased with the
-same seeds and scored by the world's pixel classifier:
-
-- ``target_rate_clean`` / ``target_rate_erased``: fraction of videos for target prompts that show the target
-- ``other_accuracy_clean`` / ``other_accuracy_erased``: prompted-colour accuracy on the other prompts
-- ``other_psnr``: PSNR (dB) between clean and erased renders of the other prompts (100 = identical)
+For every target (a colour, a shape, a direction of motion or a combination such as ``red triangle``) and
+training seed, each row's eraser is trained with the project's own training CLI on target captions of the
+*seen* combinations only (preserve prompts: the same scene with another value); then the target's evaluation
+prompts (seen captions with new seeds, held-out captions, two-shape scenes, and every other value of the
+target's kind, on both backgrounds) are rendered clean and erased with the same seeds and read by the world's
+pixel classifier (:mod:`receler.world.measure` defines every number).
 
 Rows: the full method (``full``), the loss ablations (``unlearn_only``, ``unlearn_loc``, ``unlearn_pre``), the
-training-free baselines (``negative_prompt`` at the guidance it needs, ``safree``), and the attack rows: the full
-eraser and an adversarially trained one under the same learned soft-prompt attack, scored after each budget
-(``target_rate_attacked_by_steps``; ``target_rate_attacked`` is the largest budget's).
-Results go to stdout as a table and to ``OUT_DIR/world_benchmark.json`` (one object per row, keyed by row name).
+training-free baselines (``negative_prompt`` at the guidance it needs, ``safree``), adversarial training
+(``adversarial``) and the attack rows (``full_attacked``, ``adversarial_attacked``: the same learned soft-prompt
+attack, scored after each budget). A single-target run does every row by default; several targets or seeds do
+``full`` only.
+
+Writes one JSON per (target, seed) under ``OUT_DIR/runs/`` (a rerun reuses those whose settings match, so an
+interrupted benchmark resumes), ``OUT_DIR/world_benchmark.json`` with all of them plus the mean and worst over
+targets x seeds, and prints the tables.
 """
 
 import argparse
@@ -29,12 +35,12 @@ import numpy as np
 import torch
 
 from ..erasers.utils import erasers_disabled
-from ..errors import UserError, cli_entry, setup_logging
-from ..io_utils import atomic_write_json
+from ..errors import cli_entry, setup_logging
+from ..io_utils import atomic_write_json, atomic_write_text
 from . import model as world
-from .evaluate import compare, score
 from .files import write_prompt_files
-from .scenes import COLORS, evaluation_prompts
+from .measure import measure, read_video, shows_target
+from .targets import KINDS, evaluation_items, parse_target
 
 logger = logging.getLogger("receler.world.benchmark")
 
@@ -49,64 +55,56 @@ ALL_ROWS = tuple(ERASER_ROWS) + ("negative_prompt", "safree", "adversarial") + t
 
 
 class Bench:
-    """Holds the model, the prompt set and the clean renders every row compares against."""
+    """The model and the render settings; clean renders are cached per target (they do not depend on the seed)."""
 
     def __init__(self, args):
         self.args = args
         self.out = Path(args.output_dir)
-        self.items = evaluation_prompts(target_color=args.target, quick=args.quick)
         self.pipe = world.load_world_pipeline(args.model_path)
-        self.clean = {}  # guidance -> videos
+        self._clean = {}  # (target name, guidance) -> videos
 
-    def render(self, guidance=1.0, negative_prompt=None, embeds=None) -> list:
-        if embeds is not None:
-            return render_embeds(self.pipe, self.items, embeds, self.args, guidance)
-        return world.render_world(self.pipe, self.items, guidance_scale=guidance, num_inference_steps=self.args.steps,
-                                  num_frames=self.args.num_frames, height=self.args.height, width=self.args.width,
+    def render(self, items, guidance=1.0, negative_prompt=None) -> list:
+        a = self.args
+        return world.render_world(self.pipe, items, guidance_scale=guidance, num_inference_steps=a.steps,
+                                  num_frames=a.num_frames, height=a.height, width=a.width,
                                   negative_prompt=negative_prompt)
 
-    def clean_videos(self, guidance=1.0) -> list:
-        if guidance not in self.clean:
-            from ..erasers.utils import DisableEraser
-
-            with DisableEraser(self.pipe.transformer):
-                self.clean[guidance] = self.render(guidance)
-        return self.clean[guidance]
-
-    def row(self, name, erased: list, guidance: float, clean=None, extra=None) -> dict:
-        clean = clean if clean is not None else self.clean_videos(guidance)
-        result = {"guidance": guidance, **compare(clean, erased, self.items, self.args.target), **(extra or {})}
-        logger.info("%s: %s", name, json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}))
-        return result
+    def clean_videos(self, target, items, guidance=1.0) -> list:
+        key = (target.name, guidance)
+        if key not in self._clean:
+            with erasers_disabled(self.pipe.transformer):
+                self._clean[key] = self.render(items, guidance)
+        return self._clean[key]
 
 
-def render_embeds(pipe, items, embeds: list, args, guidance) -> list:
+def render_embeds(bench: Bench, items, embeds: list, guidance) -> list:
     """Render with precomputed per-prompt text conditioning (the attack's soft prompts), batched."""
+    a, pipe = bench.args, bench.pipe
     videos = []
-    text_length = pipe.transformer.config.max_text_seq_length
     for start in range(0, len(items), world.RENDER_BATCH_SIZE):
         chunk = items[start : start + world.RENDER_BATCH_SIZE]
         out = pipe(prompt_embeds=torch.cat(embeds[start : start + len(chunk)]), guidance_scale=guidance,
-                   num_inference_steps=args.steps, num_frames=args.num_frames, height=args.height, width=args.width,
-                   max_sequence_length=text_length, output_type="np",
+                   num_inference_steps=a.steps, num_frames=a.num_frames, height=a.height, width=a.width,
+                   max_sequence_length=pipe.transformer.config.max_text_seq_length, output_type="np",
                    generator=[torch.Generator().manual_seed(it["seed"]) for it in chunk]).frames
         videos.extend(world.to_uint8_video(np.asarray(v)) for v in out)
     return videos
 
 
-def train_eraser(bench: Bench, name: str, flags: list) -> tuple:
+def train_eraser(bench: Bench, target, seed: int, name: str, flags: list) -> tuple:
     """Train one eraser with the project's training CLI; returns ``(folder, seconds, seconds per update)``."""
     from ..train_unlearning_prompt_only import main as train_main
 
-    args = bench.args
-    folder = bench.out / "erasers" / name
-    pairs, _ = write_prompt_files(bench.out, args.target, args.quick)
-    argv = ["--model_path", str(args.model_path), "--target_concept", args.target, "--prompts_file", str(pairs),
-            "--output_dir", str(folder), "--num_frames", str(args.num_frames), "--height", str(args.height),
-            "--width", str(args.width), "--num_inference_steps", str(args.steps), "--max_steps", str(args.train_steps),
-            "--num_epochs", "1000", "--eraser_rank", str(args.eraser_rank), "--learning_rate", str(args.learning_rate),
-            "--eta", str(args.eta), "--batch_size", str(args.batch_size), "--save_every", "0", "--log_every", "50",
-            "--seed", str(args.seed), "--device", "cpu", "--dtype", "float32", *flags]
+    a = bench.args
+    folder = bench.out / "erasers" / f"{_slug(target.name)}_seed{seed}" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs, _ = write_prompt_files(folder.parent, target, a.quick)
+    argv = ["--model_path", str(a.model_path), "--target_concept", target.name, "--prompts_file", str(pairs),
+            "--output_dir", str(folder), "--num_frames", str(a.num_frames), "--height", str(a.height),
+            "--width", str(a.width), "--num_inference_steps", str(a.steps), "--max_steps", str(a.train_steps),
+            "--num_epochs", "1000", "--eraser_rank", str(a.eraser_rank), "--learning_rate", str(a.learning_rate),
+            "--eta", str(a.eta), "--batch_size", str(a.batch_size), "--save_every", "0", "--log_every", "50",
+            "--seed", str(seed), "--device", "cpu", "--dtype", "float32", *flags, *shlex.split(a.train_flags)]
     start = time.perf_counter()
     train_main(argv)
     seconds = time.perf_counter() - start
@@ -115,149 +113,318 @@ def train_eraser(bench: Bench, name: str, flags: list) -> tuple:
     return folder, seconds, per_update
 
 
-def erased_videos(bench: Bench, folder) -> list:
+def erased_videos(bench: Bench, folder, items) -> list:
     from ..checkpoint import load_erasers
     from ..families import get_family
 
-    family = get_family("cogvideox")
-    load_erasers(bench.pipe.transformer, family.layout, folder)
-    return bench.render(1.0)
+    load_erasers(bench.pipe.transformer, get_family("cogvideox").layout, folder)
+    return bench.render(items, 1.0)
 
 
-def attacked_videos(bench: Bench, folder) -> tuple:
+def attacked_videos(bench: Bench, folder, items, seed: int) -> tuple:
     """The learned soft-prompt attack against an eraser (same budgets for every eraser). One run to the largest
     budget; the soft prompt as it stood after each smaller budget is what a run with that budget would have
-    learned (same seed, same steps so far). Returns ``({budget: videos}, losses)``."""
+    learned (same seed, same steps so far). Returns ``({budget: videos of the attacked prompts}, losses)``: the
+    single-shape target prompts (two-shape captions leave no room for the soft tokens)."""
     from ..attack import attack_prompts
     from ..checkpoint import load_erasers
     from ..families import get_family
 
-    args = bench.args
+    a = bench.args
     family = get_family("cogvideox")
     load_erasers(bench.pipe.transformer, family.layout, folder)
-    targets = [it for it in bench.items if it["is_target"]]
+    targets = [it for it in items if it["group"] in ("seen", "unseen")]
     snapshots = {}
 
     def snapshot(step, loss, soft):
-        if step + 1 in args.attack_steps:
+        if step + 1 in a.attack_steps:
             snapshots[step + 1] = soft.vectors.detach().clone()
 
     soft, positions, conds, losses = attack_prompts(
-        family, bench.pipe, [it["prompt"] for it in targets], args.attack_tokens, max(args.attack_steps),
-        args.attack_lr, args.num_frames, args.height, args.width, args.steps, seed=args.seed, loss_target="velocity",
-        progress=snapshot)
-    with torch.no_grad():
-        plain = [family.encode_prompts(bench.pipe, [it["prompt"]], "cpu")["encoder_hidden_states"] for it in bench.items]
+        family, bench.pipe, [it["prompt"] for it in targets], a.attack_tokens, max(a.attack_steps), a.attack_lr,
+        a.num_frames, a.height, a.width, a.steps, seed=seed, loss_target="velocity", progress=snapshot)
     videos = {}
     for budget, vectors in snapshots.items():
-        attacked = {it["prompt"]: family.with_soft_tokens(conds[k], positions[k : k + 1], vectors)["encoder_hidden_states"]
-                    for k, it in enumerate(targets)}
         with torch.no_grad():
-            embeds = [attacked.get(it["prompt"], p) for it, p in zip(bench.items, plain)]
-            videos[budget] = render_embeds(bench.pipe, bench.items, embeds, args, 1.0)
+            embeds = [family.with_soft_tokens(conds[k], positions[k : k + 1], vectors)["encoder_hidden_states"]
+                      for k in range(len(targets))]
+            videos[budget] = render_embeds(bench, targets, embeds, 1.0)
     return videos, losses
 
 
-def run(args) -> dict:
-    bench = Bench(args)
-    rows, results = [r for r in args.rows.split(",") if r], {}
-    unknown = [r for r in rows if r not in ALL_ROWS]
-    if unknown:
-        raise UserError(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
-    erasers = {}
-
-    def eraser(name):
-        if name not in erasers:
-            flags = ERASER_ROWS.get(name) or ["--alpha", "1.0", "--beta", "1.0", "--adversarial",
-                                              "--adv_num_tokens", str(args.attack_tokens),
-                                              *shlex.split(args.adversarial_flags)]
-            erasers[name] = train_eraser(bench, name, flags)
-        return erasers[name]
-
-    for name in rows:
-        if name in ERASER_ROWS or name == "adversarial":
-            folder, seconds, per_update = eraser(name)
-            results[name] = bench.row(name, erased_videos(bench, folder), 1.0,
-                                      extra={"train_seconds": seconds, "seconds_per_update": per_update})
-        elif name == "negative_prompt":  # baselines run on the unchanged model
-            g = args.negative_guidance
-            with erasers_disabled(bench.pipe.transformer):
-                clean = bench.clean_videos(g)
-                videos = bench.render(g, negative_prompt=args.target)
-            results[name] = bench.row(name, videos, g, clean=clean)
-        elif name == "safree":
-            with erasers_disabled(bench.pipe.transformer):
-                videos = safree_videos(bench)
-            results[name] = bench.row(name, videos, 1.0)
-        elif name in ATTACK_ROWS:
-            base = ATTACK_ROWS[name]
-            folder, _, _ = eraser(base)
-            videos, losses = attacked_videos(bench, folder)
-            erased = erased_videos(bench, folder)
-            fifth = max(1, len(losses) // 5)
-            by_budget = {str(b): score(v, bench.items, args.target)["target_rate"] for b, v in sorted(videos.items())}
-            results[name] = bench.row(name, erased, 1.0, extra={
-                "attack_steps": max(args.attack_steps), "attack_tokens": args.attack_tokens,
-                "attack_loss_first": sum(losses[:fifth]) / fifth,  # means over the first / last fifth of the steps
-                "attack_loss_last": sum(losses[-fifth:]) / fifth,
-                "target_rate_attacked": by_budget[str(max(args.attack_steps))],  # the largest budget: worst case
-                "target_rate_attacked_by_steps": by_budget})
-    report = {"model_path": str(args.model_path), "target": args.target, "quick": args.quick,
-              "num_prompts": len(bench.items), "settings": {k: v for k, v in vars(args).items() if k != "verbose"},
-              "rows": results}
-    atomic_write_json(Path(args.output_dir) / "world_benchmark.json", report)
-    print(table(results))
-    return report
-
-
-def safree_videos(bench: Bench) -> list:
+def safree_videos(bench: Bench, target, items) -> list:
     """SAFREE with its defaults (filtered embedding for the first denoising steps), one prompt at a time."""
     from ..baselines.safree import Safree
     from ..families import get_family
 
-    args = bench.args
-    safree = Safree(get_family("cogvideox"), bench.pipe, [args.target])
+    a = bench.args
+    safree = Safree(get_family("cogvideox"), bench.pipe, [target.name])
     videos = []
-    for it in bench.items:
+    for it in items:
         result = safree.filter(it["prompt"])
         with safree.applied(bench.pipe, result) as kwargs, torch.no_grad():
-            out = bench.pipe(guidance_scale=1.0, num_inference_steps=args.steps, num_frames=args.num_frames,
-                             height=args.height, width=args.width, output_type="np",
+            out = bench.pipe(guidance_scale=1.0, num_inference_steps=a.steps, num_frames=a.num_frames,
+                             height=a.height, width=a.width, output_type="np",
                              max_sequence_length=bench.pipe.transformer.config.max_text_seq_length,
                              generator=torch.Generator().manual_seed(it["seed"]), **kwargs).frames
         videos.append(world.to_uint8_video(np.asarray(out[0])))
     return videos
 
 
-def table(results: dict) -> str:
-    budgets = next((list(r["target_rate_attacked_by_steps"]) for r in results.values()
-                    if "target_rate_attacked_by_steps" in r), [])
-    head = ("| row | guidance | target rate clean | target rate erased | under attack "
-            f"({' / '.join(budgets) or '-'} steps) | other acc. clean | other acc. erased | other PSNR (dB) |\n"
-            "|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for name, r in results.items():
-        attacked = " / ".join(_pct(v) for v in r.get("target_rate_attacked_by_steps", {}).values())
-        lines.append(
-            f"| {name} | {r['guidance']:g} | {_pct(r['target_rate_clean'])} | {_pct(r['target_rate_erased'])} | "
-            f"{attacked} | {_pct(r['other_accuracy_clean'])} | "
-            f"{_pct(r['other_accuracy_erased'])} | {r['other_psnr']:.1f} |")
-    return "\n".join(lines)
+def run_target(bench: Bench, target, seed: int, rows: list) -> dict:
+    """Every requested row for one target and training seed: ``{row: measurement}``."""
+    a = bench.args
+    items = evaluation_items(target, quick=a.quick)
+    erasers, results = {}, {}
+
+    def eraser(name):
+        if name not in erasers:
+            flags = ERASER_ROWS.get(name) or ["--alpha", "1.0", "--beta", "1.0", "--adversarial",
+                                              "--adv_num_tokens", str(a.attack_tokens),
+                                              *shlex.split(a.adversarial_flags)]
+            erasers[name] = train_eraser(bench, target, seed, name, flags)
+        return erasers[name]
+
+    def row(name, erased, guidance, clean=None, extra=None):
+        clean = clean if clean is not None else bench.clean_videos(target, items, guidance)
+        result = {"guidance": guidance, **measure(clean, erased, items, target), **(extra or {})}
+        logger.info("%s seed %d %s: %s", target.name, seed, name, _brief(result))
+        return result
+
+    for name in rows:
+        if name in ERASER_ROWS or name == "adversarial":
+            folder, seconds, per_update = eraser(name)
+            results[name] = row(name, erased_videos(bench, folder, items), 1.0,
+                                extra={"train_seconds": seconds, "seconds_per_update": per_update})
+        elif name == "negative_prompt":  # baselines run on the unchanged model
+            g = a.negative_guidance
+            with erasers_disabled(bench.pipe.transformer):
+                clean = bench.clean_videos(target, items, g)
+                videos = bench.render(items, g, negative_prompt=target.name)
+            results[name] = row(name, videos, g, clean=clean)
+        elif name == "safree":
+            with erasers_disabled(bench.pipe.transformer):
+                videos = safree_videos(bench, target, items)
+            results[name] = row(name, videos, 1.0)
+        elif name in ATTACK_ROWS:
+            folder, _, _ = eraser(ATTACK_ROWS[name])
+            videos, losses = attacked_videos(bench, folder, items, seed)
+            by_budget = {str(b): float(np.mean([shows_target(read_video(v), target) for v in vs]))
+                         for b, vs in sorted(videos.items())}
+            fifth = max(1, len(losses) // 5)
+            results[name] = row(name, erased_videos(bench, folder, items), 1.0, extra={
+                "attack_steps": max(a.attack_steps), "attack_tokens": a.attack_tokens,
+                "attack_loss_first": sum(losses[:fifth]) / fifth,  # means over the first / last fifth of the steps
+                "attack_loss_last": sum(losses[-fifth:]) / fifth,
+                # On the single-shape target prompts; the largest budget is the worst case.
+                "target_shown_attacked": by_budget[str(max(a.attack_steps))],
+                "target_shown_attacked_by_steps": by_budget})
+    return results
+
+
+def run(args) -> dict:
+    bench = Bench(args)
+    runs_dir = bench.out / "runs"
+    runs = {}
+    for target in args.targets:
+        for seed in args.seeds:
+            key = f"{target.name}/seed{seed}"
+            path = runs_dir / f"{_slug(target.name)}_seed{seed}.json"
+            settings = _run_settings(args, target, seed)
+            if path.is_file():
+                saved = json.loads(path.read_text())
+                if saved.get("settings") == settings:
+                    logger.info("%s: reusing %s", key, path)
+                    runs[key] = saved
+                    continue
+            start = time.perf_counter()
+            rows = run_target(bench, target, seed, args.rows)
+            result = {"target": target.name, "target_kind": target.kind, "seed": seed, "settings": settings,
+                      "rows": rows, "seconds": time.perf_counter() - start}
+            atomic_write_json(path, result)
+            runs[key] = result
+    report = {"model_path": str(args.model_path), "quick": args.quick, "rows": args.rows,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("verbose", "targets")}
+              | {"targets": [t.name for t in args.targets]},
+              "runs": runs, "summary": summarize(runs)}
+    atomic_write_json(bench.out / "world_benchmark.json", report)
+    tables = table(runs) + "\n\n" + summary_table(report["summary"])
+    atomic_write_text(bench.out / "world_benchmark.md", tables + "\n")
+    print(tables)
+    return report
+
+
+def _run_settings(args, target, seed) -> dict:
+    """What a (target, seed) result depends on: a saved run is reused only when all of it matches."""
+    keep = ("model_path", "quick", "rows", "steps", "num_frames", "height", "width", "train_steps", "eraser_rank",
+            "learning_rate", "eta", "batch_size", "negative_guidance", "attack_tokens", "attack_steps", "attack_lr",
+            "adversarial_flags", "train_flags")
+    return json.loads(json.dumps({k: getattr(args, k) for k in keep} | {"target": target.name, "seed": seed}))
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+SUMMARY_METRICS = {  # name -> (path into a row, which way is good)
+    "shown_seen": (("target_shown", "erased", "seen"), "low"),
+    "shown_unseen": (("target_shown", "erased", "unseen"), "low"),
+    "shown_two_shape": (("target_shown", "erased", "two_shape"), "low"),
+    "substitute_share": (("substitution", "share"), "low"),
+    "rest_all": (("rest_of_prompt", "all"), "high"),
+    "rest_shape": (("rest_of_prompt", "shape"), "high"),
+    "rest_direction": (("rest_of_prompt", "direction"), "high"),
+    "rest_background": (("rest_of_prompt", "background"), "high"),
+    "area_ratio": (("rest_of_prompt", "area_ratio"), "near1"),
+    "other_kept_two_shape": (("two_shape_other_kept", "erased"), "high"),
+    "other_acc_worst_drop": (None, "low"),
+    "other_acc_worst_cell": (("other_accuracy", "erased", "worst_class_background"), "high"),
+    "psnr_mean": (("other_psnr", "mean"), "high"),
+    "psnr_worst": (("other_psnr", "worst"), "high"),
+}
+
+
+# The goals an eraser should meet on the world benchmark, checked on the worst run over targets x seeds.
+GOALS = {
+    "shown_seen": ("<=", 0.10),
+    "shown_unseen": ("<=", 0.10),
+    "shown_two_shape": ("<=", 0.10),
+    "substitute_share": ("<=", 0.50),
+    "rest_shape": (">=", 0.90),
+    "rest_direction": (">=", 0.90),
+    "rest_background": (">=", 0.90),
+    "area_ratio": ("in", (0.8, 1.25)),
+    "other_acc_worst_drop": ("<=", 0.05),
+    "psnr_mean": (">=", 25.0),
+    "psnr_worst": (">=", 22.0),
+}
+
+
+def check_goals(summary_row: dict) -> dict:
+    """``{metric: True/False}`` for each goal whose metric the row has (judged on its worst run)."""
+    out = {}
+    for metric, (op, bound) in GOALS.items():
+        if metric not in summary_row:
+            continue
+        value = summary_row[metric]["worst"]
+        out[metric] = (value <= bound if op == "<=" else value >= bound if op == ">=" else bound[0] <= value <= bound[1])
+    return out
+
+
+def _get(row, path):
+    for key in path:
+        if row is None:
+            return None
+        row = row.get(key)
+    return row
+
+
+def _metric(row, name):
+    if name == "other_acc_worst_drop":  # accuracy lost by the worst class on either background, clean -> erased
+        clean = row["other_accuracy"]["clean"]["per_class_background"]
+        erased = row["other_accuracy"]["erased"]["per_class_background"]
+        return max(clean[c] - erased[c] for c in clean) if clean else None
+    return _get(row, SUMMARY_METRICS[name][0])
+
+
+def summarize(runs: dict) -> dict:
+    """Per row: the mean and the worst of each headline metric over targets x seeds."""
+    out = {}
+    rows = sorted({name for r in runs.values() for name in r["rows"]})
+    for name in rows:
+        values = {m: [_metric(r["rows"][name], m) for r in runs.values() if name in r["rows"]] for m in SUMMARY_METRICS}
+        summary = {}
+        for metric, vals in values.items():
+            vals = [v for v in vals if v is not None]
+            if not vals:
+                continue
+            way = SUMMARY_METRICS[metric][1]
+            worst = max(vals) if way == "low" else min(vals) if way == "high" else max(vals, key=lambda v: abs(np.log(v or 1e-9)))
+            summary[metric] = {"mean": float(np.mean(vals)), "worst": float(worst), "n": len(vals)}
+        out[name] = summary
+    return out
 
 
 def _pct(x):
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+def _db(x):
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def _brief(r) -> str:
+    s, e = r["target_shown"]["clean"], r["target_shown"]["erased"]
+    return (f"shown {_pct(s['all'])} -> {_pct(e['all'])}, substitute {r['substitution']['top']} "
+            f"{_pct(r['substitution']['share'])}, rest {_pct(r['rest_of_prompt']['all'])}, other acc worst "
+            f"{_pct(r['other_accuracy']['erased']['worst'])}, PSNR {_db(r['other_psnr']['mean'])}/"
+            f"{_db(r['other_psnr']['worst'])}")
+
+
+def table(runs: dict) -> str:
+    """One line per (target, seed, row)."""
+    lines = [
+        "| target | seed | row | g | target shown clean -> erased: seen / unseen / two-shape | substitute (share) "
+        "| rest survives: all (shape/dir/bg/colour) | area ratio | two-shape other kept | other acc. mean, worst "
+        "class (clean -> erased) | worst class x bg | PSNR mean / worst (dB) | attacked |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs.values():
+        for name, r in run["rows"].items():
+            c, e = r["target_shown"]["clean"], r["target_shown"]["erased"]
+            shown = " / ".join(f"{_pct(c[g])}->{_pct(e[g])}" for g in ("seen", "unseen", "two_shape"))
+            rest = r["rest_of_prompt"]
+            parts = "/".join(_pct(rest[k]) for k in ("shape", "direction", "background", "color") if k in rest)
+            acc_c, acc_e = r["other_accuracy"]["clean"], r["other_accuracy"]["erased"]
+            kept = r["two_shape_other_kept"]
+            attacked = " / ".join(_pct(v) for v in r.get("target_shown_attacked_by_steps", {}).values())
+            lines.append(
+                f"| {run['target']} | {run['seed']} | {name} | {r['guidance']:g} | {shown} | "
+                f"{r['substitution']['top'] or '-'} ({_pct(r['substitution']['share'])}) | {_pct(rest['all'])} ({parts}) "
+                f"| {rest['area_ratio']:.2f} | {_pct(kept['clean'])}->{_pct(kept['erased'])} | "
+                f"{_pct(acc_c['mean'])}->{_pct(acc_e['mean'])}, {_pct(acc_c['worst'])}->{_pct(acc_e['worst'])} "
+                f"({acc_e['worst_class']}) | {_pct(acc_e['worst_class_background'])} | "
+                f"{_db(r['other_psnr']['mean'])} / {_db(r['other_psnr']['worst'])} ({r['other_psnr']['worst_class']}) "
+                f"| {attacked or '-'} |")
+    return "\n".join(lines)
+
+
+def summary_table(summary: dict, label: str = "row") -> str:
+    """Mean (worst) of each headline metric over targets x seeds, and pass/fail against :data:`GOALS`."""
+    names = list(SUMMARY_METRICS)
+    lines = [f"| {label} | " + " | ".join(names) + " | goals met |", "|---|" + "---|" * (len(names) + 1)]
+    for row, metrics in summary.items():
+        cells = []
+        goals = check_goals(metrics)
+        for name in names:
+            m = metrics.get(name)
+            fmt = _db if name.startswith("psnr") else (lambda v: f"{v:.2f}") if name == "area_ratio" else _pct
+            mark = "" if name not in goals else " ✓" if goals[name] else " ✗"
+            cells.append("-" if m is None else f"{fmt(m['mean'])} ({fmt(m['worst'])}){mark}")
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {sum(goals.values())}/{len(goals)} |")
+    return "mean (worst run) over targets x seeds; ✓/✗: the worst run meets the goal or not\n\n" + "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+    return text.replace(" ", "-")
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m receler.world.benchmark", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("output_dir", help="where erasers, world_benchmark.json and logs go")
-    p.add_argument("--quick", action="store_true", help="the reduced prompt set (14 prompts) and fewer updates, for CI")
-    p.add_argument("--rows", default=",".join(ALL_ROWS), help=f"comma-separated rows to run ({', '.join(ALL_ROWS)})")
+    p.add_argument("output_dir", help="where erasers, runs/*.json, world_benchmark.json and .md go")
+    p.add_argument("--quick", action="store_true", help="a reduced prompt set and fewer updates, for CI")
+    p.add_argument("--targets", default="red",
+                   help="comma-separated targets: colours (red, ...), shapes (triangle, ...), directions (left or "
+                        "'moving left', ...) or combinations ('red triangle')")
+    p.add_argument("--target_kind", choices=("auto",) + KINDS, default="auto",
+                   help="check that every target is of this kind (auto: read the kind from the words)")
+    p.add_argument("--seeds", default="42", help="comma-separated training seeds (renders use each prompt's own seed)")
+    p.add_argument("--rows", default=None,
+                   help=f"comma-separated rows ({', '.join(ALL_ROWS)}); default: all for one target and seed, "
+                        f"else full")
     p.add_argument("--model_path", default=str(world.WORLD_MODEL_DIR), help="the world model folder")
-    p.add_argument("--target", default="red", choices=tuple(COLORS), help="the colour to erase")
-    p.add_argument("--seed", type=int, default=42, help="training and attack seed (renders use each prompt's own seed)")
     p.add_argument("--steps", type=int, default=world.NUM_INFERENCE_STEPS, help="denoising steps of renders and training")
     p.add_argument("--num_frames", type=int, default=world.NUM_FRAMES, help="frames")
     p.add_argument("--height", type=int, default=world.HEIGHT, help="height")
@@ -267,6 +434,8 @@ def parse_args(argv=None):
     p.add_argument("--learning_rate", type=float, default=1e-3, help="eraser learning rate")
     p.add_argument("--eta", type=float, default=3.0, help="negative guidance strength")
     p.add_argument("--batch_size", type=int, default=4, help="prompts per update")
+    p.add_argument("--train_flags", default="",
+                   help="extra training flags for every eraser row, e.g. '--mask_mode average --start_guidance 3'")
     p.add_argument("--negative_guidance", type=float, default=4.0, help="guidance of the negative-prompt baseline")
     p.add_argument("--attack_tokens", type=int, default=12, help="soft tokens of the attack (and of adversarial training)")
     p.add_argument("--attack_steps", default=None,
@@ -277,6 +446,24 @@ def parse_args(argv=None):
                    help="extra training flags of the adversarial row, e.g. '--adv_steps 4 --adv_weight 0.5'")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
+    try:
+        kind = None if args.target_kind == "auto" else args.target_kind
+        args.targets = [parse_target(t, kind) for t in args.targets.split(",") if t.strip()]
+    except ValueError as err:
+        p.error(f"--targets: {err}")
+    if not args.targets:
+        p.error("--targets is empty; name at least one target, e.g. --targets red")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2")
+    if not args.seeds:
+        p.error("--seeds is empty; give at least one seed, e.g. --seeds 42")
+    single = len(args.targets) == 1 and len(args.seeds) == 1
+    args.rows = [r for r in (args.rows or (",".join(ALL_ROWS) if single else "full")).split(",") if r]
+    unknown = [r for r in args.rows if r not in ALL_ROWS]
+    if unknown:
+        p.error(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
     args.train_steps = args.train_steps or (60 if args.quick else 300)
     budgets = args.attack_steps or ("2,20" if args.quick else "100,300,1000")
     try:

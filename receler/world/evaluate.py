@@ -1,65 +1,41 @@
-"""Measure erasure on the world model: how often the target colour still shows, how well the others survive.
+"""Measure erasure on the world model from rendered videos: is the concept gone, what replaced it, what survives.
 
     python -m receler.world.evaluate --video_dir OUT/videos --target red --output_dir OUT
 
 reads the ``<stem>_clean.mp4`` / ``<stem>_erased.mp4`` pairs ``test_cogvideo.py`` writes (with its
-``prompts.json``), and writes ``OUT/world_metrics.json``: ``target_rate_clean`` / ``target_rate_erased``
-(fraction of target-prompt videos showing the target colour), ``other_accuracy_clean`` /
-``other_accuracy_erased`` (prompted-colour accuracy on the other prompts) and ``other_psnr`` (dB, clean vs
-erased on the other prompts), judged by the world's pixel classifier. The benchmark uses the same functions.
+``prompts.json``) for prompts of the benchmark's evaluation set (``python -m receler.world.files``), and writes
+``OUT/world_metrics.json``: target shown per group (seen / unseen / two-shape) clean and erased, the substitution
+histogram, whether the rest of the prompt survived, the other values' accuracy (mean and worst) and PSNR.
+:mod:`receler.world.measure` defines every number; the benchmark uses the same function.
 """
 
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import UserError, cli_entry, setup_logging
 from ..io_utils import atomic_write_json
-from .classify import classify_video, video_shows_color
-from .scenes import COLORS, scene_from_caption
+from .measure import measure
+from .targets import evaluation_items, parse_target
 
 
-def video_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    from evaluation.metrics import video_psnr_ssim
-
-    return float(video_psnr_ssim(a, b)["psnr"])
-
-
-def score(videos: list, items: list, target: str) -> dict:
-    """Target rate on the target prompts, prompted-colour accuracy on the others.
-
-    ``items`` are dicts with ``prompt``, ``color`` (the prompted colour) and ``is_target``.
-    """
-    target_hits = [video_shows_color(v, target) for v, it in zip(videos, items) if it["is_target"]]
-    accuracy = [classify_video(v).color == it["color"] for v, it in zip(videos, items) if not it["is_target"]]
-    return {"target_rate": float(np.mean(target_hits)) if target_hits else None,
-            "other_accuracy": float(np.mean(accuracy)) if accuracy else None}
-
-
-def compare(clean: list, erased: list, items: list, target: str) -> dict:
-    """The benchmark's metrics for one clean/erased rendering of the same prompts and seeds."""
-    s_clean, s_erased = score(clean, items, target), score(erased, items, target)
-    others = [i for i, it in enumerate(items) if not it["is_target"]]
-    return {
-        "target_rate_clean": s_clean["target_rate"],
-        "target_rate_erased": s_erased["target_rate"],
-        "other_accuracy_clean": s_clean["other_accuracy"],
-        "other_accuracy_erased": s_erased["other_accuracy"],
-        "other_psnr": float(np.mean([video_psnr(clean[i], erased[i]) for i in others])) if others else None,
-    }
-
-
-def item_of(prompt: str, target: str) -> dict:
-    """``{prompt, color, is_target}`` of a world caption (its first shape's colour is the prompted one)."""
-    scene = scene_from_caption(prompt)
-    return {"prompt": prompt, "color": scene.shapes[0].color, "is_target": target in scene.colors}
+def items_for(prompts: list[str], target) -> list[dict]:
+    """The evaluation item of each rendered prompt (group, class, shapes), from the target's evaluation set."""
+    known = {it["prompt"]: it for quick in (True, False) for it in evaluation_items(target, quick=quick)}
+    missing = [p for p in prompts if p not in known]
+    if missing:
+        raise UserError(
+            f"{len(missing)} rendered prompt(s) are not in the world benchmark's evaluation set for {target.name!r}, "
+            f"e.g. {missing[0]!r}. Render the prompts of `python -m receler.world.files --target {target.name!r}` "
+            f"(eval_prompts.csv), or pass the --target they were written for."
+        )
+    return [known[p] for p in prompts]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m receler.world.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--video_dir", required=True, help="folder of <stem>_clean.mp4 / <stem>_erased.mp4 and prompts.json")
-    p.add_argument("--target", default="red", choices=tuple(COLORS), help="the erased colour (default: red)")
+    p.add_argument("--target", default="red",
+                   help="the erased concept: a colour, shape, direction or combination such as 'red triangle'")
     p.add_argument("--output_dir", required=True, help="where world_metrics.json goes")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
@@ -72,25 +48,30 @@ def main(argv=None):
     from evaluation.common import resolve_prompts
     from receler.media import find_video_pairs, read_video
 
+    try:
+        target = parse_target(args.target)
+    except ValueError as err:
+        raise UserError(f"--target: {err}") from None
     pairs = [(stem, sides) for stem, sides in find_video_pairs(args.video_dir) if {"clean", "erased"} <= set(sides)]
     if not pairs:
         raise UserError(f"{args.video_dir} holds no <stem>_clean.mp4 / <stem>_erased.mp4 pairs; render them with "
                         f"test_cogvideo.py --generate_clean --eraser_path ... first")
     prompts = resolve_prompts([stem for stem, _ in pairs], args.video_dir)
-    items, clean, erased = [], [], []
-    for stem, sides in pairs:
-        if stem not in prompts:
-            raise UserError(f"no prompt for {stem} (prompts.json in {args.video_dir} lists the rendered prompts)")
-        items.append(item_of(prompts[stem], args.target))
-        clean.append(read_video(sides["clean"]))
-        erased.append(read_video(sides["erased"]))
-    result = {"target": args.target, "num_videos": len(items), **compare(clean, erased, items, args.target),
-              "videos": [{**it, "clean": classify_video(c).color, "erased": classify_video(e).color}
-                         for it, c, e in zip(items, clean, erased)]}
+    unknown = [stem for stem, _ in pairs if stem not in prompts]
+    if unknown:
+        raise UserError(f"no prompt for {unknown[0]} (prompts.json in {args.video_dir} lists the rendered prompts)")
+    items = items_for([prompts[stem] for stem, _ in pairs], target)
+    clean = [read_video(sides["clean"]) for _, sides in pairs]
+    erased = [read_video(sides["erased"]) for _, sides in pairs]
+    result = measure(clean, erased, items, target)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.output_dir) / "world_metrics.json", result)
-    print(f"target rate {result['target_rate_clean']} -> {result['target_rate_erased']}; other accuracy "
-          f"{result['other_accuracy_clean']} -> {result['other_accuracy_erased']}; other PSNR {result['other_psnr']}")
+    shown = result["target_shown"]
+    print(f"{target.label}: shown {shown['clean']['all']:.0%} -> {shown['erased']['all']:.0%}; most common substitute "
+          f"{result['substitution']['top']} ({result['substitution']['share']:.0%}); rest of prompt survives "
+          f"{result['rest_of_prompt']['all']:.0%}; other accuracy worst class "
+          f"{result['other_accuracy']['clean']['worst']:.0%} -> {result['other_accuracy']['erased']['worst']:.0%}; "
+          f"PSNR {result['other_psnr']['mean']:.1f} dB mean, {result['other_psnr']['worst']:.1f} dB worst class")
     return result
 
 

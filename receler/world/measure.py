@@ -13,7 +13,7 @@ clean and the erased render of the same prompt and seed:
   main object (a larger blob in another colour is not an erased concept);
 - **two shapes**: whether the other, non-target shape is kept;
 - **others**: on prompts without the target, accuracy of the target's attribute(s) per class (e.g. per
-  other colour) and per background, the mean and the worst class, and PSNR clean vs erased per class.
+  other colour) and per class and background, the mean and the worst, and PSNR clean vs erased per class.
 """
 
 from __future__ import annotations
@@ -150,12 +150,14 @@ def measure(clean: list, erased: list, items: list, target: Target) -> dict:
         per_cell = {}
         for i in others:
             per_cell.setdefault((items[i]["class"], items[i]["background"]), []).append(correct(readings[i], items[i]))
+        per_cell = {f"{cls}/{background}": _rate(v) for (cls, background), v in per_cell.items()}
         accuracy[side] = {
             "mean": _rate(correct(readings[i], items[i]) for i in others),
             "worst": min(per_class.values()) if per_class else None,
             "worst_class": min(per_class, key=per_class.get) if per_class else None,
-            "worst_class_background": min(_rate(v) for v in per_cell.values()) if per_cell else None,
+            "worst_class_background": min(per_cell.values()) if per_cell else None,
             "per_class": per_class,
+            "per_class_background": per_cell,
             "whole_prompt": _rate(whole_prompt(readings[i], items[i]) for i in others),
         }
     result["other_accuracy"] = accuracy
