@@ -181,11 +181,11 @@ def main(argv=None):
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=args.steps, desc="attack", leave=False)
-    soft, positions, conds, losses = attack_prompts(
-        family, pipe, [p for p, _ in rows], args.num_tokens, args.steps, args.lr, *size, args.num_inference_steps,
-        seed=args.seed, loss_target=args.loss_target, eta=args.attack_eta, progress=lambda step, loss, soft: bar.update(1))
-    bar.close()
+    with tqdm(total=args.steps, desc="attack", leave=False) as bar:  # closed too when the prompts are refused
+        soft, positions, conds, losses = attack_prompts(
+            family, pipe, [p for p, _ in rows], args.num_tokens, args.steps, args.lr, *size, args.num_inference_steps,
+            seed=args.seed, loss_target=args.loss_target, eta=args.attack_eta,
+            progress=lambda step, loss, soft: bar.update(1))
     vectors = soft.vectors.detach().cpu().contiguous()
     atomic_write(out / "soft_prompt.safetensors", lambda tmp: save_file(
         {"vectors": vectors}, tmp, metadata={"model_path": str(args.model_path), "eraser_path": str(args.eraser_path),

@@ -18,6 +18,7 @@ from torch import nn
 
 from .erasers.utils import erasers_disabled
 from .errors import UserError
+from .learning_checks import check_prompts_reach_model
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def attack_prompts(family, pipe, prompts: list, num_tokens: int, steps: int, lr:
     with torch.no_grad():
         conds = [{k: v.detach() for k, v in family.encode_prompts(pipe, [p], device).items()} for p in prompts]
         cond_empty = {k: v.detach() for k, v in family.encode_prompts(pipe, [""], device).items()}
+    check_prompts_reach_model(family, pipe, prompts, conds, cond_empty, "attack")
     positions = padding_positions(family, pipe, prompts, num_tokens)
     samplers, trajectories = [], []
     for p, cond in enumerate(conds):

@@ -29,6 +29,7 @@ from .erasers.utils import erasers_disabled
 from .erasers.wrapper import attach_erasers
 from .errors import UserError
 from .io_utils import atomic_write, atomic_write_text
+from .learning_checks import ZeroLossWatch, check_prompts_reach_model
 from .loss_target import LossTarget
 from .localization import ConceptAttentionProbe, EraserOutputCapture, concept_positions_mask
 from .losses import localization_loss, negative_guidance_target, preserve_loss, unlearn_loss
@@ -84,6 +85,7 @@ def encode_prompt_set(family, pipe, prompts, preserve_prompts, concept_words, de
         cond = encode(prompts)
         cond_pre = encode(preserve_prompts) if preserve_prompts else None
         cond_empty = encode([""])[0]
+    check_prompts_reach_model(family, pipe, prompts, cond, cond_empty, "train")
     words = [concept_words] if isinstance(concept_words, str) else list(concept_words)
     masks = [concept_positions_mask(family, pipe, prompts, w) for w in words]
     positions = torch.stack([m[0] for m in masks]).any(dim=0)
@@ -472,6 +474,7 @@ def _loop(trainer, data, output_dir, log, size, resume, global_step, writer, sto
     global_batch = args.batch_size * dist.world_size
     batches_per_epoch = math.ceil(len(data.prompts) / global_batch)
     warned = set()
+    watch = ZeroLossWatch()  # an eraser that learns nothing in the first trajectory is not saved
     for epoch in range(args.num_epochs):
         order = torch.randperm(len(data.prompts), generator=_generator(args.seed, epoch)).tolist()
         for b in range(batches_per_epoch):
@@ -527,12 +530,16 @@ def _loop(trainer, data, output_dir, log, size, resume, global_step, writer, sto
                         _fmt(metrics.get("loss_preserve")), metrics["grad_norm"], row["seconds"],
                     )
                 done = args.max_steps is not None and global_step >= args.max_steps
+                watch.observe(metrics["loss_unlearn"], global_step)
+                if done or stop.requested:
+                    watch.finish(family, [data.prompts[j] for j in global_idx])
                 position = {"epoch": epoch, "batch_index": b, "step_index": i + 1, "global_step": global_step}
-                periodic = args.save_every and global_step % args.save_every == 0
+                periodic = args.save_every and global_step % args.save_every == 0 and not watch.nothing_learned
                 if periodic or stop.requested or done:
                     _save_checkpoint(trainer, output_dir, position, x, sampler)
                 if stop.requested or done:
                     return {"updates": global_step, "stopped": "interrupted" if stop.requested else "max_steps"}
+            watch.finish(family, [data.prompts[j] for j in global_idx])
     return {"updates": global_step, "stopped": "finished"}
 
 

@@ -88,6 +88,16 @@ class ModelFamily:
         """The diffusers pipeline's arguments that pass precomputed conditioning ``cond`` instead of a prompt."""
         return {"prompt_embeds": cond["encoder_hidden_states"]}
 
+    def text_attention_mask(self, cond: dict):
+        """``[B, T]`` bool: the text positions of ``cond`` the transformer attends to; None when it attends to all."""
+        return None
+
+    def ignored_prompt_cause(self, pipe) -> str:
+        """The likeliest reason why a prompt conditions the transformer exactly as the empty prompt does (for the
+        message that refuses to train on it)."""
+        return ("the text encoder's output does not depend on the prompt: check that the folder's tokenizer is the one "
+                "its text_encoder was trained with and that the text encoder's weights loaded")
+
     def safree_text_sides(self, pipe) -> dict:
         """SAFREE (``receler/baselines/safree.py``): ``{pipeline embedding argument: text side}`` for each text
         encoder whose embeddings SAFREE filters."""

@@ -5,7 +5,8 @@
   (the layout of the published HunyuanVideo eraser).
 - Prompts: Llama hidden states of a templated prompt, cropped by the template's ``crop_start``, with an
   attention mask, plus CLIP's pooled embedding. A model folder may carry ``prompt_template.json`` (the
-  tiny test models do, because their tokenizer is not Llama's); otherwise the pipeline's default.
+  tiny test models do, because their tokenizer is not Llama's); otherwise the pipeline's default text,
+  with the crop counted by the folder's own tokenizer (diffusers' 95 is right for Llama's only).
 - Latents ``[B, C, F, H/8, W/8]``; flow matching (the transformer predicts the velocity) with
   FlowMatchEuler; the transformer also takes an embedded guidance scale (6.0 by default, as the pipeline).
 - Single-stream blocks have no feed-forward module, and a loss on a double-stream block would never reach
@@ -15,6 +16,7 @@
 """
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,8 @@ from ..erasers.wrapper import AttentionWithEraser, EraserLayout
 from ..localization import concept_attention_chunked
 from ..sampling import Sampler
 from .base import ModelFamily
+
+logger = logging.getLogger(__name__)
 
 
 class HunyuanWithEraser(AttentionWithEraser):
@@ -46,15 +50,49 @@ TEMPLATE_FILE = "prompt_template.json"
 DEFAULT_TEXT_LENGTH = 256  # the pipeline's max_sequence_length
 
 
-def prompt_template(pipe) -> dict:
-    """The template the model was trained with: the folder's ``prompt_template.json``, else diffusers' default."""
+def template_crop_start(tokenizer, template: str) -> int:
+    """How many tokens precede the prompt in ``template`` (its text before ``{}``) with this tokenizer.
+
+    The pipeline crops exactly these from the encoded sequence, so that the transformer sees the prompt
+    alone. Special tokens added in front (BOS) count; one added at the end (an EOS) follows the prompt in
+    a templated prompt, so it does not.
+    """
+    prefix = template.split("{}")[0]
+    full = list(tokenizer(prefix).input_ids)
+    bare = list(tokenizer(prefix, add_special_tokens=False).input_ids)
+    for lead in range(len(full) - len(bare) + 1):
+        if full[lead : lead + len(bare)] == bare:
+            return lead + len(bare)
+    return len(full)
+
+
+def folder_template(pipe) -> dict | None:
+    """The folder's own ``prompt_template.json``, or None."""
     extra = getattr(pipe, "_tiny_extra_files", {})
     if TEMPLATE_FILE in extra:
         return json.loads(extra[TEMPLATE_FILE])
     folder = getattr(pipe, "name_or_path", None)
     if folder and (Path(folder) / TEMPLATE_FILE).exists():
         return json.loads((Path(folder) / TEMPLATE_FILE).read_text())
-    return DEFAULT_PROMPT_TEMPLATE
+    return None
+
+
+def prompt_template(pipe) -> dict:
+    """The template the model was trained with: the folder's ``prompt_template.json``, else diffusers' default.
+
+    A template without ``crop_start`` (diffusers' default included: its 95 counts the real Llama tokenizer)
+    gets the crop counted with the pipeline's own tokenizer; a folder's explicit ``crop_start`` wins.
+    """
+    template = folder_template(pipe)
+    if template is None:
+        template = {k: v for k, v in DEFAULT_PROMPT_TEMPLATE.items() if k != "crop_start"}
+    if template.get("crop_start") is None:
+        tokenizer = getattr(pipe, "tokenizer", None)
+        if tokenizer is None:  # nothing to count with: the default's number, right for the real model
+            return {**template, "crop_start": DEFAULT_PROMPT_TEMPLATE["crop_start"]}
+        template = {**template, "crop_start": template_crop_start(tokenizer, template["template"])}
+        logger.debug("prompt template: crop_start %d counted with the folder's tokenizer", template["crop_start"])
+    return template
 
 
 def text_length(pipe) -> int:
@@ -128,6 +166,26 @@ class HunyuanVideoFamily(ModelFamily):
     def pipeline_embedding_kwargs(self, cond):
         return {"prompt_embeds": cond["encoder_hidden_states"], "prompt_attention_mask": cond["encoder_attention_mask"],
                 "pooled_prompt_embeds": cond["pooled_projections"]}
+
+    def text_attention_mask(self, cond):
+        return cond["encoder_attention_mask"].bool()
+
+    def ignored_prompt_cause(self, pipe):
+        template = prompt_template(pipe)
+        crop, keep = template["crop_start"], text_length(pipe)
+        if (folder_template(pipe) or {}).get("crop_start") is not None:
+            return (
+                f"the folder's {TEMPLATE_FILE} crops the first {crop} Llama tokens and keeps the next {keep}, and "
+                f"with this folder's tokenizer the prompt is not among them (a crop is a token count, right for one "
+                f"tokenizer only; diffusers' 95 counts the original Llama tokenizer). Remove crop_start from "
+                f"{TEMPLATE_FILE} so that it is counted with the folder's tokenizer, or set it to the number of tokens "
+                f"before the prompt"
+            )
+        return (
+            f"the prompt template crops the first {crop} Llama tokens (counted with the folder's tokenizer) and keeps "
+            f"the next {keep}, and the prompt is not among them: check that the tokenizer keeps the template's special "
+            f"tokens whole, or write a {TEMPLATE_FILE} with the right crop_start"
+        )
 
     def safree_text_sides(self, pipe):
         from ..baselines.safree import CLIPPooledSide, LlamaSide

@@ -29,6 +29,14 @@ def parse_args(argv=None):
         action="store_true",
         help="CogVideoX only: rotary position embeddings like CogVideoX-5b (default: sincos like 2b)",
     )
+    p.add_argument(
+        "--llama_tokenizer",
+        choices=["words", "chars"],
+        default="words",
+        help="HunyuanVideo only: 'words' (default) writes the tiny word-level Llama tokenizer with its "
+        "prompt_template.json; 'chars' writes a character-level one and no template file, like a folder whose "
+        "tokenizer is not the original",
+    )
     return p.parse_args(argv)
 
 
@@ -39,6 +47,8 @@ def main(argv=None):
     kwargs = {"seed": args.seed}
     if args.family == "cogvideox":
         kwargs.update(scheduler=args.scheduler or "ddim", rotary=args.rotary)
+    if args.family == "hunyuan_video":
+        kwargs.update(llama_tokenizer=args.llama_tokenizer)
     folder = save_tiny_pipeline(args.family, args.output_dir, **kwargs)
     logger.info("wrote a tiny %s pipeline to %s", args.family, folder)
 

@@ -66,6 +66,9 @@ TINY_PROMPT_TEMPLATE = {
     "max_sequence_length": TEXT_LEN,
 }
 
+LLAMA_SPECIALS = [UNK, BOS, EOS, PAD, *TEMPLATE_TOKENS, *(f"<0x{i:02X}>" for i in range(256))]
+LLAMA_ALPHABET = "\u2581" + string.ascii_letters + string.digits + string.punctuation
+
 # HunyuanVideo's scheduler: flow matching with a static shift of 7.
 SCHEDULER = dict(num_train_timesteps=1000, shift=7.0)
 
@@ -91,13 +94,26 @@ def build_llama_tokenizer() -> LlamaTokenizerFast:
     fallback for any character outside the alphabet, BOS added, padding on the right (the pipeline crops
     the template from the left, so the prompt must start at the same index in every row).
     """
-    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
     vocab, merges = _train_bpe(
         models.BPE(),
         [w for word in WORDS for w in ("\u2581" + word, word)],
-        special_tokens=[UNK, BOS, EOS, PAD, *TEMPLATE_TOKENS, *bytes_],
-        initial_alphabet=list("\u2581" + string.ascii_letters + string.digits + string.punctuation),
+        special_tokens=LLAMA_SPECIALS,
+        initial_alphabet=list(LLAMA_ALPHABET),
     )
+    return _llama_tokenizer(vocab, merges)
+
+
+def build_char_llama_tokenizer() -> LlamaTokenizerFast:
+    """A Llama tokenizer that spells all text out, one character per token (no merges).
+
+    A tokenizer other than the one a template's ``crop_start`` was counted with: diffusers' default crop
+    of 95 tokens lands inside the template's system text, and the prompt is truncated away.
+    """
+    vocab = {token: i for i, token in enumerate(LLAMA_SPECIALS + list(LLAMA_ALPHABET))}
+    return _llama_tokenizer(vocab, [])
+
+
+def _llama_tokenizer(vocab: dict, merges: list) -> LlamaTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=UNK, fuse_unk=True, byte_fallback=True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
     backend.decoder = decoders.Sequence(
@@ -159,15 +175,22 @@ def build_tiny_hunyuan_video(
     rope_axes_dim: tuple = (4, 6, 6),
     text_dim: int = 32,
     clip_dim: int = 32,
+    llama_tokenizer: str = "words",
 ) -> HunyuanVideoPipeline:
     """A HunyuanVideo pipeline small enough to render 9 frames at 32x32 in well under a second on CPU.
 
     ``rope_axes_dim`` (frames, height, width) must sum to ``head_dim`` (real: 16 + 56 + 56 = 128).
+    ``llama_tokenizer="chars"`` builds it with :func:`build_char_llama_tokenizer` and without a template
+    file, as a folder made elsewhere would be: the family then uses diffusers' default template (its
+    text length of 256 tokens, so text encoding is slower).
     """
     if sum(rope_axes_dim) != head_dim:
         raise ValueError(f"rope_axes_dim {rope_axes_dim} must sum to head_dim {head_dim}")
+    if llama_tokenizer not in ("words", "chars"):
+        raise ValueError(f"llama_tokenizer must be 'words' or 'chars', got {llama_tokenizer!r}")
     torch.manual_seed(seed)
-    tokenizer = build_llama_tokenizer()
+    chars = llama_tokenizer == "chars"
+    tokenizer = build_char_llama_tokenizer() if chars else build_llama_tokenizer()
     # The pipeline reads the third-to-last hidden state (it skips 2 layers, as with the real 32-layer
     # Llama), so 3 layers leave one layer's worth of text features.
     text_encoder = LlamaModel(
@@ -178,7 +201,7 @@ def build_tiny_hunyuan_video(
             num_hidden_layers=3,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=512,
+            max_position_embeddings=2048 if chars else 512,  # the default template spelled out: ~900 tokens
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -231,7 +254,8 @@ def build_tiny_hunyuan_video(
         vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER),
     )
-    pipe._tiny_extra_files = {"prompt_template.json": json.dumps(TINY_PROMPT_TEMPLATE, indent=2)}
+    if not chars:
+        pipe._tiny_extra_files = {"prompt_template.json": json.dumps(TINY_PROMPT_TEMPLATE, indent=2)}
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()  # as from_pretrained leaves them, so the in-memory pipeline renders the same
