@@ -8,6 +8,11 @@ Writes, in --output_dir: ``soft_prompt.safetensors`` (the learned vectors), per 
 ``_grid.png``, and ``attack.json``: the attack loss curve and, where a detector exists (the bundled world's
 pixel classifier for its colours, NudeNet for nudity), the concept rate of clean, erased and attacked videos,
 overall and per frame (the re-emergence curve). The method is in ``receler/attack.py``.
+
+A rerun with the same settings reuses the soft prompt in --output_dir and keeps the rows rendered with it.
+Under ``accelerate launch`` or with ``--shard K/N`` shard 0 learns the soft prompt, the other shards wait for its
+file, and every shard renders its own rows into ``attack.shard-K-of-N.json``; the last to finish (or
+``evaluation/merge.py``) writes ``attack.json``.
 """
 
 import argparse

@@ -5,6 +5,9 @@ Example:
 
 Writes ``OUT/nudity.json`` (rates overall, per side and per video, the protocol, skipped files) and
 ``OUT/nudity.csv`` (one row per video).
+
+With ``--shard K/N`` (or under ``accelerate launch``) a process scores every N-th prompt's videos into
+``OUT/nudity.shard-K-of-N.json``; the last shard to finish (or ``evaluation/merge.py OUT``) writes the files above.
 """
 
 from __future__ import annotations

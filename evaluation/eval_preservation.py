@@ -7,6 +7,9 @@ Example:
 
 Writes ``OUT/preservation.json`` (means over videos, per-pair values, skipped pairs, protocol) and
 ``OUT/preservation.csv`` (one row per pair).
+
+With ``--shard K/N`` (or under ``accelerate launch``) a process scores every N-th prompt's videos into
+``OUT/preservation.shard-K-of-N.json``; the last shard to finish (or ``evaluation/merge.py OUT``) writes the files above.
 """
 
 from __future__ import annotations

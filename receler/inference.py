@@ -16,7 +16,8 @@ Per prompt, with prefix ``{output_dir}/{i:03d}_{slug}`` for row ``i`` of a promp
 else the baseline, on the right; exactly twice as wide; written whenever the clean video exists) and
 ``<prefix>_grid.png`` (a row of frames per side). ``prompts.json`` (``{stem: prompt}``) next to the videos
 is kept up to date for the evaluation. Prompt-file runs resume: rows whose outputs exist are skipped and
-a row with some sides missing renders only those.
+a row with some sides missing renders only those. Under ``accelerate launch`` or with ``--shard K/N`` each
+process renders its share of the rows (:func:`shard_jobs`, :mod:`receler.sharding`).
 
 The family-specific scripts (``test_cogvideo.py``, ``test_hunyuan.py``, ``test_wan.py``) add their own
 flags to :func:`build_parser` and say which pipeline arguments each side gets.

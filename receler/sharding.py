@@ -179,7 +179,8 @@ class ShardLog:
             raise RuntimeError(f"shard {self.shard} finished with rows {missing[:5]} not done")
         self.data["complete"] = True
         self._write()
-        logger.info("shard %s: %d rows done, noted in %s", self.shard, len(self.data["done"]), self.path.name)
+        done = len(self.data["done"])
+        logger.info("shard %s: %d row%s done, noted in %s", self.shard, done, "" if done == 1 else "s", self.path.name)
         return all_complete(self.path.parent, self.kind, self.shard.count, self.plan)
 
     def _write(self) -> None:

@@ -119,6 +119,18 @@ def test_two_shards_render_exactly_what_one_process_does(tiny_cogvideox_dir, pro
     assert "prompts.shard-0-of-2.json" in err and "prompts.shard-0-of-3.json" in err
 
 
+@pytest.mark.parametrize("script_name, family", [("test_hunyuan", "hunyuan_video"), ("test_wan", "wan")])
+def test_every_rendering_cli_shards_the_same_way(script_name, family, tiny_model_dir, tmp_path):
+    script = __import__(script_name)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red car\na blue boat\n")
+    argv = ["--model_path", str(tiny_model_dir(family)), "--prompt_file", str(prompts), "--dtype", "float32", *RENDER]
+    script.main(argv + ["--output_path", str(tmp_path / "one")])
+    for k in (1, 0):
+        script.main(argv + ["--output_path", str(tmp_path / "two"), "--shard", f"{k}/2"])
+    assert_same_outputs(tmp_path / "one", tmp_path / "two")
+
+
 def test_more_shards_than_prompts_and_bad_shard_flags(tiny_cogvideox_dir, prompt_file, tmp_path, capsys):
     out = tmp_path / "videos"
     assert render(tiny_cogvideox_dir, prompt_file, out, "--shard", "3/4") == {"rendered": 0, "skipped": 0}
