@@ -294,7 +294,7 @@ def _missing_message(kind, folder, missing, labels, files) -> str:
     if len(counts) == 1:
         count = counts.pop()
         shards = sorted({i % count for i in missing})
-        names = ", ".join(f"--shard {k}/{count}" + ("" if Shard(k, count).file_name(kind) in files else " (never ran)")
+        names = ", ".join(f"--shard {k}/{count}" + ("" if Shard(k, count).file_name(kind) in files else " (it never ran)")
                           for k in shards)
         hint = f"Rerun {names} (finished rows are skipped), then merge again."
     rows = f"rows {shown}{more} are" if len(missing) > 1 else f"row {shown} is"
