@@ -361,11 +361,11 @@ def main(argv=None):
         vectors, losses = found
         logger.info("using the soft prompt in %s (learned with the same settings)", soft_path)
     else:
-        bar = tqdm(total=args.steps, desc="attack", leave=False)
-        soft, _, _, losses = attack_prompts(
-            family, pipe, prompts, args.num_tokens, args.steps, args.lr, *size, args.num_inference_steps, seed=args.seed,
-            loss_target=args.loss_target, eta=args.attack_eta, progress=lambda step, loss, soft: bar.update(1))
-        bar.close()
+        with tqdm(total=args.steps, desc="attack", leave=False) as bar:  # closed too when the prompts are refused
+            soft, _, _, losses = attack_prompts(
+                family, pipe, prompts, args.num_tokens, args.steps, args.lr, *size, args.num_inference_steps,
+                seed=args.seed, loss_target=args.loss_target, eta=args.attack_eta,
+                progress=lambda step, loss, soft: bar.update(1))
         vectors = soft.vectors.detach().cpu().contiguous()
         save_soft_prompt(soft_path, vectors, losses, settings, args)
 
