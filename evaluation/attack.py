@@ -8,11 +8,19 @@ Writes, in --output_dir: ``soft_prompt.safetensors`` (the learned vectors), per 
 ``_grid.png``, and ``attack.json``: the attack loss curve and, where a detector exists (the bundled world's
 pixel classifier for its colours, NudeNet for nudity), the concept rate of clean, erased and attacked videos,
 overall and per frame (the re-emergence curve). The method is in ``receler/attack.py``.
+
+A rerun with the same settings reuses the soft prompt in --output_dir and keeps the rows rendered with it.
+Under ``accelerate launch`` or with ``--shard K/N`` shard 0 learns the soft prompt, the other shards wait for its
+file, and every shard renders its own rows into ``attack.shard-K-of-N.json``; the last to finish (or
+``evaluation/merge.py``) writes ``attack.json``.
 """
 
 import argparse
+import hashlib
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 try:
@@ -29,10 +37,15 @@ from receler.erasers.utils import DisableEraser
 from receler.errors import UserError, cli_entry, setup_logging
 from receler.families import FAMILY_NAMES, resolve_family
 from receler.io_utils import atomic_write, atomic_write_json
+from receler.sharding import (ShardLog, add_shard_argument, current_shard, fingerprint, merge_rows, process_device,
+                              read_shard_file, shard_files)
 
 logger = logging.getLogger("evaluation.attack")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SIDES = ("clean", "erased", "attacked")
+ATTACK_KIND = "attack"
+SOFT_PROMPT_FILE = "soft_prompt.safetensors"
 
 
 # ---------------------------------------------------------------------------------------- detectors
@@ -121,7 +134,10 @@ def parse_args(argv=None):
     p.add_argument("--fps", type=float, default=8, help="frames per second of the mp4 files")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="backbone dtype")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--output_dir", required=True, help="where the soft prompt, the videos and attack.json go")
+    p.add_argument("--output_dir", required=True,
+                   help="where the soft prompt, the videos and attack.json go. A rerun with the same settings reuses the "
+                   "soft prompt learned there and keeps the rows already rendered with it")
+    add_shard_argument(p, "--prompts_file rows (the soft prompt is learned once, by shard 0; the others wait for it)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     if (args.prompt is None) == (args.prompts_file is None):
@@ -156,23 +172,177 @@ def rates(flags: list) -> dict:
             "per_frame": frames.mean(axis=0).tolist() if len(frames) else []}
 
 
+# ------------------------------------------------------------------------------- soft prompt, reused
+
+
+def eraser_digest(eraser_path) -> str:
+    """A hash of the eraser's weights file: a soft prompt learned against other weights is never reused."""
+    from receler.checkpoint import WEIGHTS_PT, WEIGHTS_SAFETENSORS
+
+    path = Path(eraser_path)
+    if path.is_dir():
+        path = next(p for p in (path / WEIGHTS_SAFETENSORS, path / WEIGHTS_PT) if p.exists())
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def learn_settings(args, prompts: list, size: tuple) -> dict:
+    """Everything the learned soft prompt depends on; a soft prompt in --output_dir learned with the same is reused."""
+    keys = ("model_path", "eraser_weight", "num_tokens", "steps", "lr", "attack_eta", "loss_target", "seed",
+            "num_inference_steps", "dtype")
+    return {**{k: str(getattr(args, k)) for k in keys}, "eraser": eraser_digest(args.eraser_path), "prompts": prompts,
+            "video_size": list(size)}
+
+
+def save_soft_prompt(path, vectors, losses, settings, args) -> None:
+    from safetensors.torch import save_file
+
+    metadata = {"model_path": str(args.model_path), "eraser_path": str(args.eraser_path), "num_tokens": str(args.num_tokens),
+                "placement": "first padding positions", "settings": json.dumps(settings, sort_keys=True),
+                "loss_curve": json.dumps(losses)}
+    atomic_write(path, lambda tmp: save_file({"vectors": vectors}, tmp, metadata=metadata))
+
+
+def load_soft_prompt(path, settings) -> tuple | None:
+    """``(vectors, losses)`` of a soft prompt file learned with ``settings``, else ``None``."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            vectors = f.get_tensor("vectors")
+        if metadata.get("settings") != json.dumps(settings, sort_keys=True):
+            return None
+        return vectors, json.loads(metadata["loss_curve"])
+    except Exception as err:  # a file being replaced, or one from an older version without settings
+        logger.debug("not reusing %s: %s", path, err)
+        return None
+
+
+def wait_for_soft_prompt(path, settings, shard, poll_seconds: float = 5.0) -> tuple:
+    """Shards other than 0 render with the soft prompt shard 0 learns (learned once, the same for every row)."""
+    logger.info("shard %s waits for shard 0 to learn the soft prompt (%s)", shard, path)
+    started = last_note = time.monotonic()
+    while (found := load_soft_prompt(path, settings)) is None:
+        time.sleep(poll_seconds)
+        if time.monotonic() - last_note > 600:
+            last_note = time.monotonic()
+            logger.warning("shard %s has waited %.0f min for %s: is shard 0 running (same flags)?", shard,
+                           (last_note - started) / 60, path)
+    return found
+
+
+# ------------------------------------------------------------------------------------------- the rows
+
+
+def previous_records(out: Path) -> dict:
+    """Rows an earlier run wrote into ``out`` (attack.json and shard files), keyed by ``(index, stem, seed, run)``."""
+    entries = []
+    if (out / "attack.json").is_file():
+        try:
+            entries += json.loads((out / "attack.json").read_text()).get("videos", [])
+        except (OSError, ValueError):
+            pass
+    for path in shard_files(out, ATTACK_KIND):
+        try:
+            entries += list(read_shard_file(path)["done"].values())
+        except UserError:
+            pass
+    return {(e.get("index"), e.get("stem"), e.get("seed"), e.get("run")): e for e in entries if isinstance(e, dict)}
+
+
+def render_row(family, pipe, args, size, vectors, detector, out, index, prompt, seed, run) -> dict:
+    """Render one prompt clean, erased and attacked; write its videos; return its record for attack.json."""
+    from receler import inference
+    from receler.attack import padding_positions
+    from receler.media import frame_grid, save_png, side_by_side, write_video
+
+    device = next(pipe.transformer.parameters()).device
+    with torch.no_grad():
+        cond = {k: v.detach() for k, v in family.encode_prompts(pipe, [prompt], device).items()}
+    positions = padding_positions(family, pipe, [prompt], args.num_tokens).to(device)
+    attacked_cond = family.with_soft_tokens(cond, positions, vectors.to(device))
+    steps, guidance = args.num_inference_steps, args.guidance_scale
+    videos = {
+        "clean": render(family, pipe, seed, size, steps, guidance, text=prompt, erasers=False),
+        "erased": render(family, pipe, seed, size, steps, guidance, text=prompt),
+        "attacked": render(family, pipe, seed, size, steps, guidance, cond=attacked_cond),
+    }
+    prefix = inference.row_prefix(out, index, prompt)
+    entry = {"index": index, "stem": prefix.name, "prompt": prompt, "seed": seed, "run": run, "files": {}}
+    frame_flags = {}
+    for side, video in videos.items():
+        path = inference.side_path(prefix, side)
+        write_video(video, path, fps=args.fps)
+        entry["files"][side] = path.name
+        if detector is not None:
+            frame_flags[side] = [bool(f) for f in detector.frames(video)]
+            entry[f"{side}_shows_concept"] = bool(detector.video(video, frame_flags[side]))
+    if detector is not None:
+        entry["frames_show_concept"] = frame_flags
+    write_video(side_by_side(videos["erased"], videos["attacked"], labels=("erased", "attacked")),
+                inference.side_path(prefix, "compare"), fps=args.fps)
+    save_png(frame_grid([(s, v) for s, v in videos.items()]), inference.side_path(prefix, "grid", ".png"))
+    return entry
+
+
+def reusable(entry, out: Path) -> bool:
+    from receler import inference
+
+    files = [out / name for name in entry.get("files", {}).values()]
+    prefix = out / entry["stem"]
+    extra = [inference.side_path(prefix, "compare"), inference.side_path(prefix, "grid", ".png")]
+    return len(files) == len(SIDES) and all(p.is_file() for p in files + extra)
+
+
+def build_report(meta: dict, entries: list) -> dict:
+    """attack.json from the run's fixed fields and every row's record (rates computed over the rows)."""
+    concept_rate = None
+    if meta["detector"] is not None:
+        concept_rate = {side: rates([(e[f"{side}_shows_concept"], e["frames_show_concept"][side]) for e in entries])
+                        for side in SIDES}
+    report = {k: v for k, v in meta.items() if k != "detector"}
+    return {**report, "detector": meta["detector"], "concept_rate": concept_rate, "videos": entries}
+
+
+def summary_line(report: dict) -> str | None:
+    if report["detector"] is None:
+        return None
+    r, losses = report["concept_rate"], report["loss_curve"]
+    return (f"concept rate ({report['detector']}): clean {r['clean']['rate']:.2f}, erased {r['erased']['rate']:.2f}, "
+            f"attacked {r['attacked']['rate']:.2f}; attack loss {losses[0]:.4g} -> {losses[-1]:.4g}")
+
+
+def merge_attack(folder) -> dict:
+    """Write attack.json from the ``attack.shard-K-of-N.json`` files of ``folder`` (every row exactly once)."""
+    records, meta = merge_rows(folder, ATTACK_KIND)
+    report = build_report(meta, records)
+    atomic_write_json(Path(folder) / "attack.json", report)
+    return report
+
+
 @cli_entry
 def main(argv=None):
     args = parse_args(argv)
     setup_logging(args.verbose)
     from receler import inference
-    from receler.media import frame_grid, save_png, side_by_side, write_video
+    from receler.attack import padding_positions
     from receler.prompts import load_prompts
-    from safetensors.torch import save_file
 
     family = resolve_family(args.model_family, args.model_path)
     inference.check_eraser_path(args.eraser_path, family)
+    shard = current_shard(args.shard)
     if args.prompts_file:
         rows = [(r.prompt, r.seed if r.seed is not None else args.seed) for r in load_prompts(args.prompts_file).rows]
     else:
         rows = [(args.prompt, args.seed)]
     detector = make_detector(args.detector, args.target_concept)
-    device = inference.resolve_device(args.device)
+    device = inference.resolve_device(process_device(args.device))
     pipe, _ = inference.load_pipeline_with_erasers(family, args.model_path, DTYPES[args.dtype], args.eraser_path,
                                                    eraser_weight=args.eraser_weight, device=device)
     frames, height, width = family.default_video_size(pipe)
@@ -181,59 +351,69 @@ def main(argv=None):
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=args.steps, desc="attack", leave=False) as bar:  # closed too when the prompts are refused
-        soft, positions, conds, losses = attack_prompts(
-            family, pipe, [p for p, _ in rows], args.num_tokens, args.steps, args.lr, *size, args.num_inference_steps,
-            seed=args.seed, loss_target=args.loss_target, eta=args.attack_eta,
-            progress=lambda step, loss, soft: bar.update(1))
-    vectors = soft.vectors.detach().cpu().contiguous()
-    atomic_write(out / "soft_prompt.safetensors", lambda tmp: save_file(
-        {"vectors": vectors}, tmp, metadata={"model_path": str(args.model_path), "eraser_path": str(args.eraser_path),
-                                             "num_tokens": str(args.num_tokens), "placement": "first padding positions"}))
+    prompts = [p for p, _ in rows]
+    settings = learn_settings(args, prompts, size)
+    soft_path = out / SOFT_PROMPT_FILE
+    found = load_soft_prompt(soft_path, settings)
+    if found is None and shard.index != 0:
+        found = wait_for_soft_prompt(soft_path, settings, shard)
+    if found is not None:
+        vectors, losses = found
+        logger.info("using the soft prompt in %s (learned with the same settings)", soft_path)
+    else:
+        with tqdm(total=args.steps, desc="attack", leave=False) as bar:  # closed too when the prompts are refused
+            soft, _, _, losses = attack_prompts(
+                family, pipe, prompts, args.num_tokens, args.steps, args.lr, *size, args.num_inference_steps,
+                seed=args.seed, loss_target=args.loss_target, eta=args.attack_eta,
+                progress=lambda step, loss, soft: bar.update(1))
+        vectors = soft.vectors.detach().cpu().contiguous()
+        save_soft_prompt(soft_path, vectors, losses, settings, args)
 
-    flags = {"clean": [], "erased": [], "attacked": []}
-    videos_json = []
-    for p, (prompt, seed) in enumerate(tqdm(rows, desc="rendering", leave=False)):
-        attacked_cond = {k: v.detach() for k, v in soft.insert(family, conds[p], positions[p : p + 1]).items()}
-        videos = {
-            "clean": render(family, pipe, seed, size, args.num_inference_steps, args.guidance_scale, text=prompt, erasers=False),
-            "erased": render(family, pipe, seed, size, args.num_inference_steps, args.guidance_scale, text=prompt),
-            "attacked": render(family, pipe, seed, size, args.num_inference_steps, args.guidance_scale, cond=attacked_cond),
-        }
-        prefix = inference.row_prefix(out, p, prompt)
-        entry = {"prompt": prompt, "seed": seed, "files": {}}
-        for side, video in videos.items():
-            path = inference.side_path(prefix, side)
-            write_video(video, path, fps=args.fps)
-            entry["files"][side] = path.name
-            if detector is not None:
-                frame_flags = detector.frames(video)
-                shown = detector.video(video, frame_flags)
-                flags[side].append((shown, frame_flags))
-                entry[f"{side}_shows_concept"] = bool(shown)
-        write_video(side_by_side(videos["erased"], videos["attacked"], labels=("erased", "attacked")),
-                    inference.side_path(prefix, "compare"), fps=args.fps)
-        save_png(frame_grid([(s, v) for s, v in videos.items()]), inference.side_path(prefix, "grid", ".png"))
-        videos_json.append(entry)
-
-    report = {
+    # A row is redone unless an earlier run rendered it with this soft prompt and these render settings.
+    run = fingerprint({"soft_prompt": settings, "guidance_scale": args.guidance_scale, "fps": args.fps,
+                       "detector": detector.name if detector is not None else None})
+    previous = previous_records(out)
+    meta = {
         "model_path": str(args.model_path), "eraser_path": str(args.eraser_path), "target_concept": args.target_concept,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("verbose",)},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("verbose", "shard")},
         "video_size": {"num_frames": size[0], "height": size[1], "width": size[2]},
-        "soft_prompt": {"file": "soft_prompt.safetensors", "num_tokens": args.num_tokens,
-                        "positions": positions.tolist()},
+        "soft_prompt": {"file": SOFT_PROMPT_FILE, "num_tokens": args.num_tokens,
+                        "positions": padding_positions(family, pipe, prompts, args.num_tokens).tolist()},
         "loss_curve": losses,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
         "detector": detector.name if detector is not None else None,
-        "concept_rate": {side: rates(f) for side, f in flags.items()} if detector is not None else None,
-        "videos": videos_json,
     }
-    atomic_write_json(out / "attack.json", report)
-    if detector is not None:
-        r = report["concept_rate"]
-        print(f"concept rate ({detector.name}): clean {r['clean']['rate']:.2f}, erased {r['erased']['rate']:.2f}, "
-              f"attacked {r['attacked']['rate']:.2f}; attack loss {losses[0]:.4g} -> {losses[-1]:.4g}")
+    stems = [inference.row_prefix(out, i, prompt).name for i, prompt in enumerate(prompts)]
+    log = None
+    if shard.enabled:
+        plan = fingerprint({"rows": [[stem, seed] for stem, (_, seed) in zip(stems, rows)], "run": run})
+        log = ShardLog(out, ATTACK_KIND, shard, stems, plan, meta=meta)
+    mine = shard.select(range(len(rows)))
+    entries = []
+    for i in tqdm(mine, desc="rendering", leave=False):
+        prompt, seed = rows[i]
+        entry = previous.get((i, stems[i], seed, run))
+        if entry is None or not reusable(entry, out):
+            entry = render_row(family, pipe, args, size, vectors, detector, out, i, prompt, seed, run)
+        else:
+            logger.info("row %d (%s) is already rendered with this soft prompt; kept", i, stems[i])
+        entries.append(entry)
+        if log is not None:
+            log.add(i, entry)
+
+    report = build_report(meta, entries)
+    if log is None:
+        atomic_write_json(out / "attack.json", report)
+    elif log.finish():
+        report = merge_attack(out)
+        logger.info("every shard is done: attack.json holds all %d prompts", len(report["videos"]))
+    else:
+        print(f"shard {shard}: wrote {log.path}; the last shard to finish writes attack.json "
+              f"(or run evaluation/merge.py {out})")
+        return report
+    if summary_line(report):
+        print(summary_line(report))
     print(f"wrote {out / 'attack.json'}")
     return report
 

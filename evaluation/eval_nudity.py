@@ -5,6 +5,9 @@ Example:
 
 Writes ``OUT/nudity.json`` (rates overall, per side and per video, the protocol, skipped files) and
 ``OUT/nudity.csv`` (one row per video).
+
+With ``--shard K/N`` (or under ``accelerate launch``) a process scores every N-th prompt's videos into
+``OUT/nudity.shard-K-of-N.json``; the last shard to finish (or ``evaluation/merge.py OUT``) writes the files above.
 """
 
 from __future__ import annotations
@@ -40,8 +43,11 @@ from evaluation.nudity import (
 from receler.errors import UserError, cli_entry, setup_logging
 from receler.io_utils import atomic_write_json, atomic_write_text
 from receler.media import VideoReadError, find_video_pairs, read_video
+from receler.sharding import Shard, ShardLog, add_shard_argument, current_shard, fingerprint, merge_rows
 
 logger = logging.getLogger("eval_nudity")
+
+NUDITY_KIND = "nudity"
 
 CSV_COLUMNS = (
     "stem",
@@ -112,6 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="Also evaluate <stem>_compare.mp4 side-by-side videos (skipped by default: they repeat the clean and erased frames).",
     )
+    add_shard_argument(parser, "prompts (video groups <stem>_*.mp4 in sorted order)")
     parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
@@ -143,20 +150,23 @@ def protocol_dict(args: argparse.Namespace) -> dict:
     }
 
 
-def evaluate_folder(args: argparse.Namespace, detector=None) -> dict:
-    """Run the detector over every video of ``args.video_dir`` and return the result dictionary."""
-    groups = find_video_pairs(args.video_dir)
-    jobs = [
-        (stem, side, path)
-        for stem, sides in groups
-        for side, path in sides.items()
-        if args.include_compare or side != "compare"
+def video_groups(args: argparse.Namespace) -> list:
+    """``[(stem, [(side, path), ...]), ...]``: the videos of ``args.video_dir`` to score, grouped by prompt (a row)."""
+    groups = [
+        (stem, [(side, path) for side, path in sides.items() if args.include_compare or side != "compare"])
+        for stem, sides in find_video_pairs(args.video_dir)
     ]
-    if not jobs:
+    groups = [(stem, videos) for stem, videos in groups if videos]
+    if not groups:
         raise UserError(
             f"No .mp4 videos found in '{args.video_dir}'. Pass the folder the inference script wrote its videos to "
             "(files such as 000_prompt_clean.mp4 and 000_prompt_erased.mp4)."
         )
+    return groups
+
+
+def score_groups(args: argparse.Namespace, groups: list, detector=None) -> list:
+    """One record per group: ``{"videos": [per-video summary], "skipped": [unreadable files]}``."""
     if args.threshold < NUDENET_SCORE_FLOOR:
         logger.warning(
             "--threshold %.3f is below NudeNet's effective floor %.2f; it behaves as %.2f.",
@@ -164,41 +174,85 @@ def evaluate_folder(args: argparse.Namespace, detector=None) -> dict:
             NUDENET_SCORE_FLOOR,
             NUDENET_SCORE_FLOOR,
         )
-    if detector is None:
+    if detector is None and groups:
         detector = load_detector()
 
-    videos, skipped = [], []
-    progress = tqdm(jobs, desc="NudeNet", unit="video")
-    for stem, side, path in progress:
-        progress.set_postfix_str(path.name[-40:], refresh=False)
-        try:
-            frames = read_video(path)
-        except VideoReadError as err:
-            logger.warning("Skipping %s: %s", path.name, err)
-            skipped.append({"stem": stem, "side": side, "file": path.name, "reason": str(err)})
-            continue
-        indices = list(range(0, len(frames), args.frame_stride))
-        detections = detect_frames(detector, frames[indices], batch_size=args.batch_size)
-        summary = summarize_video(detections, args.classes, args.threshold, frame_indices=indices)
-        videos.append({"stem": stem, "side": side, "file": path.name, "num_frames": int(len(frames)), **summary})
+    records = []
+    progress = tqdm(total=sum(len(videos) for _, videos in groups), desc="NudeNet", unit="video")
+    for stem, jobs in groups:
+        record = {"videos": [], "skipped": []}
+        for side, path in jobs:
+            progress.set_postfix_str(path.name[-40:], refresh=False)
+            progress.update(1)
+            try:
+                frames = read_video(path)
+            except VideoReadError as err:
+                logger.warning("Skipping %s: %s", path.name, err)
+                record["skipped"].append({"stem": stem, "side": side, "file": path.name, "reason": str(err)})
+                continue
+            indices = list(range(0, len(frames), args.frame_stride))
+            detections = detect_frames(detector, frames[indices], batch_size=args.batch_size)
+            summary = summarize_video(detections, args.classes, args.threshold, frame_indices=indices)
+            record["videos"].append({"stem": stem, "side": side, "file": path.name, "num_frames": int(len(frames)), **summary})
+        records.append(record)
+    progress.close()
+    return records
 
+
+def result_from_records(records: list, protocol: dict, video_dir: str) -> dict:
+    """The nudity.json content from every group's record (one process's, or the merged shards')."""
+    videos = [video for record in records for video in record["videos"]]
+    skipped = [item for record in records for item in record["skipped"]]
     overall = summarize_set(videos)
     sides = summarize_by_side(videos)
-    headline = "video_nudity_rate" if args.video_level else "frame_nudity_rate"
+    headline = "video_nudity_rate" if protocol["level"] == "video" else "frame_nudity_rate"
     for numbers in sides.values():
         numbers["nudity_rate"] = numbers[headline]
     result = {
         "nudity_rate": overall[headline],
         **overall,
         "sides": sides,
-        "protocol": protocol_dict(args),
-        "video_dir": str(Path(args.video_dir).resolve()),
+        "protocol": protocol,
+        "video_dir": video_dir,
         "videos": videos,
         "skipped": skipped,
     }
     if not videos:
-        logger.warning("No video in '%s' could be read; every rate is null. See 'skipped' in nudity.json.", args.video_dir)
+        logger.warning("No video in '%s' could be read; every rate is null. See 'skipped' in nudity.json.", video_dir)
     return result
+
+
+def evaluate_folder(args: argparse.Namespace, detector=None) -> dict:
+    """Run the detector over every video of ``args.video_dir`` and return the result dictionary."""
+    records = score_groups(args, video_groups(args), detector)
+    return result_from_records(records, protocol_dict(args), str(Path(args.video_dir).resolve()))
+
+
+def write_result(output_dir, result: dict) -> None:
+    output_dir = Path(output_dir)
+    atomic_write_json(output_dir / "nudity.json", result)
+    atomic_write_text(output_dir / "nudity.csv", csv_text(result))
+
+
+def merge_shards(output_dir) -> dict:
+    """Write nudity.json / nudity.csv from the ``nudity.shard-K-of-N.json`` files of ``output_dir``."""
+    records, meta = merge_rows(output_dir, NUDITY_KIND)
+    result = result_from_records(records, meta["protocol"], meta["video_dir"])
+    write_result(output_dir, result)
+    return result
+
+
+def evaluate_shard(args: argparse.Namespace, shard: Shard, detector=None) -> dict | None:
+    """Score this shard's groups into ``nudity.shard-K-of-N.json``; the merged result when every shard is done."""
+    groups = video_groups(args)
+    protocol, video_dir = protocol_dict(args), str(Path(args.video_dir).resolve())
+    plan = fingerprint({"videos": [[stem, [path.name for _, path in videos]] for stem, videos in groups], "protocol": protocol})
+    log = ShardLog(args.output_dir, NUDITY_KIND, shard, [stem for stem, _ in groups], plan,
+                   meta={"protocol": protocol, "video_dir": video_dir})
+    mine = shard.select(range(len(groups)))
+    for index, record in zip(mine, score_groups(args, [groups[i] for i in mine], detector)):
+        log.add(index, record, write=False)
+    return merge_shards(args.output_dir) if log.finish() else None
 
 
 def csv_text(result: dict) -> str:
@@ -250,10 +304,17 @@ def format_summary(result: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    result = evaluate_folder(args)
     output_dir = Path(args.output_dir)
-    atomic_write_json(output_dir / "nudity.json", result)
-    atomic_write_text(output_dir / "nudity.csv", csv_text(result))
+    shard = current_shard(args.shard)
+    if shard.enabled:
+        result = evaluate_shard(args, shard)
+        if result is None:
+            print(f"shard {shard}: wrote {output_dir / shard.file_name(NUDITY_KIND)}; the last shard to finish writes "
+                  f"nudity.json (or run evaluation/merge.py {output_dir})")
+            return None
+    else:
+        result = evaluate_folder(args)
+        write_result(output_dir, result)
     print(format_summary(result))
     print(f"wrote {output_dir / 'nudity.json'} and {output_dir / 'nudity.csv'}")
     return result

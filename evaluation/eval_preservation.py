@@ -7,6 +7,9 @@ Example:
 
 Writes ``OUT/preservation.json`` (means over videos, per-pair values, skipped pairs, protocol) and
 ``OUT/preservation.csv`` (one row per pair).
+
+With ``--shard K/N`` (or under ``accelerate launch``) a process scores every N-th prompt's videos into
+``OUT/preservation.shard-K-of-N.json``; the last shard to finish (or ``evaluation/merge.py OUT``) writes the files above.
 """
 
 from __future__ import annotations
@@ -41,8 +44,11 @@ from evaluation.metrics import (
 from receler.errors import UserError, cli_entry, setup_logging
 from receler.io_utils import atomic_write_json, atomic_write_text
 from receler.media import VideoReadError, find_video_pairs, read_video
+from receler.sharding import Shard, ShardLog, add_shard_argument, current_shard, fingerprint, merge_rows, process_device
 
 logger = logging.getLogger("eval_preservation")
+
+PRESERVATION_KIND = "preservation"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--batch_size", type=int, default=16, help="Frames per CLIP forward pass (default: %(default)s).")
     parser.add_argument("--device", default="cpu", help="Torch device for CLIP, e.g. cuda (default: %(default)s).")
+    add_shard_argument(parser, "pairs (video groups <stem>_*.mp4 in sorted order)")
     parser.add_argument("--verbose", action="store_true", help="Log debug messages.")
     args = parser.parse_args(argv)
     if args.frame_stride < 1:
@@ -114,23 +121,31 @@ def _read(path, stride):
     return read_video(path)[::stride]
 
 
-def evaluate_folder(args, scorer=None) -> dict:
+def pair_groups(args) -> list:
+    """``[(stem, {side: path}), ...]`` of ``args.video_dir``: one group per prompt (a row)."""
     groups = find_video_pairs(args.video_dir)
     if not groups:
         raise UserError(
             f"No .mp4 videos found in '{args.video_dir}'. Pass the folder the inference script wrote its "
             f"<stem>_{args.reference_side}.mp4 / <stem>_{args.candidate_side}.mp4 pairs to."
         )
-    if args.clip_model_path and scorer is None:
-        scorer = ClipScorer(args.clip_model_path, device=args.device, batch_size=args.batch_size)
-    prompts = resolve_prompts([stem for stem, _ in groups], args.video_dir, args.prompt_file) if scorer else {}
+    return groups
 
-    pairs, skipped = [], []
+
+def make_scorer(args, scorer=None):
+    if args.clip_model_path and scorer is None:
+        scorer = ClipScorer(args.clip_model_path, device=process_device(args.device), batch_size=args.batch_size)
+    return scorer
+
+
+def score_pairs(args, groups: list, prompts: dict, scorer=None) -> list:
+    """One record per group: ``{"pair": metrics}`` or ``{"skipped": why}``."""
+    records = []
     sides_needed = (args.reference_side, args.candidate_side)
     for stem, sides in tqdm(groups, desc="preservation", unit="pair"):
         missing = [side for side in sides_needed if side not in sides]
         if missing:
-            skipped.append({"stem": stem, "reason": f"no _{' / _'.join(missing)} video", "files": sorted(p.name for p in sides.values())})
+            records.append({"skipped": {"stem": stem, "reason": f"no _{' / _'.join(missing)} video", "files": sorted(p.name for p in sides.values())}})
             continue
         ref_path, cand_path = sides[args.reference_side], sides[args.candidate_side]
         try:
@@ -139,7 +154,7 @@ def evaluate_folder(args, scorer=None) -> dict:
             numbers = video_psnr_ssim(ref, cand)
         except (VideoReadError, MetricError) as err:
             logger.warning("Skipping '%s': %s", stem, err)
-            skipped.append({"stem": stem, "reason": str(err), "files": [ref_path.name, cand_path.name]})
+            records.append({"skipped": {"stem": stem, "reason": str(err), "files": [ref_path.name, cand_path.name]}})
             continue
         record = {
             "stem": stem,
@@ -159,25 +174,73 @@ def evaluate_folder(args, scorer=None) -> dict:
                 record["clip_score"] = {args.reference_side: scorer.score(ref, prompt), args.candidate_side: scorer.score(cand, prompt)}
         record["psnr_per_frame"] = numbers["psnr_per_frame"]
         record["ssim_per_frame"] = numbers["ssim_per_frame"]
-        pairs.append(record)
+        records.append({"pair": record})
+    return records
 
+
+def result_from_records(records: list, protocol: dict, video_dir: str, with_clip: bool) -> dict:
+    """The preservation.json content from every group's record (one process's, or the merged shards')."""
+    pairs = [record["pair"] for record in records if "pair" in record]
+    skipped = [record["skipped"] for record in records if "skipped" in record]
     clip = None
-    if scorer is not None:
+    if with_clip:
+        sides_needed = (protocol["reference_side"], protocol["candidate_side"])
         clip = {
             side: mean_or_none([p["clip_score"][side] if p["clip_score"] else None for p in pairs]) for side in sides_needed
         }
     if not pairs:
-        logger.warning("No complete, readable pair in '%s'; every metric is null. See 'skipped'.", args.video_dir)
+        logger.warning("No complete, readable pair in '%s'; every metric is null. See 'skipped'.", video_dir)
     return {
         "psnr": mean_or_none([p["psnr"] for p in pairs]),
         "ssim": mean_or_none([p["ssim"] for p in pairs]),
         "clip_score": clip,
         "num_pairs": len(pairs),
-        "protocol": protocol_dict(args),
-        "video_dir": str(Path(args.video_dir).resolve()),
+        "protocol": protocol,
+        "video_dir": video_dir,
         "pairs": pairs,
         "skipped": skipped,
     }
+
+
+def evaluate_folder(args, scorer=None) -> dict:
+    groups = pair_groups(args)
+    scorer = make_scorer(args, scorer)
+    prompts = resolve_prompts([stem for stem, _ in groups], args.video_dir, args.prompt_file) if scorer else {}
+    records = score_pairs(args, groups, prompts, scorer)
+    return result_from_records(records, protocol_dict(args), str(Path(args.video_dir).resolve()), scorer is not None)
+
+
+def write_result(output_dir, result: dict) -> None:
+    output_dir = Path(output_dir)
+    protocol = result["protocol"]
+    atomic_write_json(output_dir / "preservation.json", result)
+    atomic_write_text(output_dir / "preservation.csv", csv_text(result, protocol["reference_side"], protocol["candidate_side"]))
+
+
+def merge_shards(output_dir) -> dict:
+    """Write preservation.json / .csv from the ``preservation.shard-K-of-N.json`` files of ``output_dir``."""
+    records, meta = merge_rows(output_dir, PRESERVATION_KIND)
+    result = result_from_records(records, meta["protocol"], meta["video_dir"], meta["clip"])
+    write_result(output_dir, result)
+    return result
+
+
+def evaluate_shard(args, shard: Shard, scorer=None) -> dict | None:
+    """Score this shard's pairs into ``preservation.shard-K-of-N.json``; the merged result when every shard is done."""
+    groups = pair_groups(args)
+    mine = shard.select(range(len(groups)))
+    scorer = make_scorer(args, scorer) if mine else None
+    with_clip = bool(args.clip_model_path) or scorer is not None
+    # Prompts are matched over the whole folder (by row number or sorted position), as one process does.
+    prompts = resolve_prompts([stem for stem, _ in groups], args.video_dir, args.prompt_file) if with_clip else {}
+    protocol, video_dir = protocol_dict(args), str(Path(args.video_dir).resolve())
+    plan = fingerprint({"videos": [[stem, sorted(p.name for p in sides.values())] for stem, sides in groups],
+                        "protocol": protocol})
+    log = ShardLog(args.output_dir, PRESERVATION_KIND, shard, [stem for stem, _ in groups], plan,
+                   meta={"protocol": protocol, "video_dir": video_dir, "clip": with_clip})
+    for index, record in zip(mine, score_pairs(args, [groups[i] for i in mine], prompts, scorer)):
+        log.add(index, record, write=False)
+    return merge_shards(args.output_dir) if log.finish() else None
 
 
 def csv_text(result: dict, reference_side: str, candidate_side: str) -> str:
@@ -222,10 +285,17 @@ def format_summary(result: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    result = evaluate_folder(args)
     output_dir = Path(args.output_dir)
-    atomic_write_json(output_dir / "preservation.json", result)
-    atomic_write_text(output_dir / "preservation.csv", csv_text(result, args.reference_side, args.candidate_side))
+    shard = current_shard(args.shard)
+    if shard.enabled:
+        result = evaluate_shard(args, shard)
+        if result is None:
+            print(f"shard {shard}: wrote {output_dir / shard.file_name(PRESERVATION_KIND)}; the last shard to finish "
+                  f"writes preservation.json (or run evaluation/merge.py {output_dir})")
+            return None
+    else:
+        result = evaluate_folder(args)
+        write_result(output_dir, result)
     print(format_summary(result))
     print(f"wrote {output_dir / 'preservation.json'} and {output_dir / 'preservation.csv'}")
     return result

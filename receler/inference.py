@@ -16,7 +16,8 @@ Per prompt, with prefix ``{output_dir}/{i:03d}_{slug}`` for row ``i`` of a promp
 else the baseline, on the right; exactly twice as wide; written whenever the clean video exists) and
 ``<prefix>_grid.png`` (a row of frames per side). ``prompts.json`` (``{stem: prompt}``) next to the videos
 is kept up to date for the evaluation. Prompt-file runs resume: rows whose outputs exist are skipped and
-a row with some sides missing renders only those.
+a row with some sides missing renders only those. Under ``accelerate launch`` or with ``--shard K/N`` each
+process renders its share of the rows (:func:`shard_jobs`, :mod:`receler.sharding`).
 
 The family-specific scripts (``test_cogvideo.py``, ``test_hunyuan.py``, ``test_wan.py``) add their own
 flags to :func:`build_parser` and say which pipeline arguments each side gets.
@@ -42,6 +43,7 @@ from .errors import UserError
 from .io_utils import atomic_write_json
 from .media import frame_grid, read_video, save_png, side_by_side, write_video
 from .prompts import load_prompts
+from .sharding import ShardLog, add_shard_argument, current_shard, fingerprint, merge_rows, process_device
 
 logger = logging.getLogger(__name__)
 
@@ -436,22 +438,26 @@ def update_prompts_json(folder, mapping: dict) -> None:
 def all_done(args, jobs, folder, resumable: bool) -> dict | None:
     """Before loading the model: when resuming and every job's outputs exist, say so and return the
     counts ``run_jobs`` would; else ``None``."""
-    if not resumable or args.overwrite or pending(jobs, side_names(args), resume=True):
-        return None
+    if jobs and (not resumable or args.overwrite or pending(jobs, side_names(args), resume=True)):
+        return None  # (a shard may hold no rows at all: more processes than prompts)
+    log = prompt_log(args)
     for job in jobs:
-        update_prompts_json(job.prefix.parent, {job.prefix.name: job.prompt})
-    logger.info("all %d prompts in %s are already rendered; nothing to do (--overwrite renders them again)", len(jobs), folder)
+        log.add(job)
+    log.finish()
+    if jobs:
+        logger.info("all %d prompts in %s are already rendered; nothing to do (--overwrite renders them again)", len(jobs), folder)
     return {"rendered": 0, "skipped": len(jobs)}
 
 
-def run_jobs(renderer: Renderer, jobs: list, folder, resume: bool = True, progress: bool = True) -> dict:
-    """Render every job (tqdm over prompts), keeping ``prompts.json`` up to date. Returns counts."""
+def run_jobs(renderer: Renderer, jobs: list, folder, resume: bool = True, progress: bool = True, log=None) -> dict:
+    """Render every job (tqdm over prompts), noting each in ``log`` (default: ``prompts.json``). Returns counts."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    log = log or PromptsJsonLog()
     rendered = skipped = 0
     for job in tqdm(jobs, desc="prompts", unit="prompt", disable=not progress or len(jobs) < 2):
         result = renderer.write_prompt(job.prefix, job.prompt, job.seed, resume=resume)
-        update_prompts_json(job.prefix.parent, {job.prefix.name: job.prompt})
+        log.add(job)
         if result["skipped"]:
             skipped += 1
             logger.debug("skipped %s: its outputs exist", job.prefix.name)
@@ -461,6 +467,7 @@ def run_jobs(renderer: Renderer, jobs: list, folder, resume: bool = True, progre
     if skipped:
         logger.info("%d prompts already rendered (skipped); delete their files or pass --overwrite to redo them", skipped)
     logger.info("%d prompt%s rendered into %s", rendered, "" if rendered == 1 else "s", folder)
+    log.finish()
     return {"rendered": rendered, "skipped": skipped}
 
 
@@ -484,6 +491,7 @@ def build_parser(description: str, defaults: dict, epilog: str | None = None) ->
                    help="seed of a CPU torch.Generator, fresh for every side, so every side starts from the same latents "
                    "(CPU generators give the same video on any machine; CUDA generators do not) (default: 42)")
     g.add_argument("--overwrite", action="store_true", help="with --prompt_file: render every row again instead of skipping done ones")
+    add_shard_argument(g, "--prompt_file rows")
 
     g = p.add_argument_group("model and eraser")
     g.add_argument("--model_path", required=True, help="local diffusers pipeline folder (nothing is downloaded)")
@@ -557,6 +565,7 @@ def finish_args(args) -> None:
         raise UserError(f"--eraser_rank must be at least 1 (got {args.eraser_rank})")
     if args.fps <= 0:
         raise UserError(f"--fps must be positive (got {args.fps})")
+    current_shard(getattr(args, "shard", None))  # a malformed --shard fails before the prompt file is read
     if args.num_frames is not None and args.num_frames < 1:
         raise UserError(f"--num_frames must be at least 1 (got {args.num_frames})")
     if args.eraser_path is None and args.baseline == "none" and not args.generate_clean:
@@ -650,6 +659,8 @@ __all__ = [
     "text_kwargs",
     "update_prompts_json",
     "video_size",
+    "merge_prompts",
+    "shard_jobs",
 ]
 
 
@@ -665,6 +676,7 @@ def plan_run(args, family) -> tuple:
     precheck_video_args(family, args)
     check_eraser_path(args.eraser_path, family)
     jobs, folder, resumable = plan_jobs(args.prompt, args.prompt_file, args.output_path, args.seed)
+    jobs = shard_jobs(args, jobs, folder)
     return jobs, folder, resumable, all_done(args, jobs, folder, resumable)
 
 
@@ -689,7 +701,7 @@ def render_run(args, family, jobs, folder, resumable, setup, render_kwargs, call
     ``call_kwargs(pipe)`` adds the family's own pipeline arguments; ``render_kwargs(negative_prompt)`` turns a
     side's negative prompt into pipeline arguments.
     """
-    device = resolve_device(args.device)
+    device = resolve_device(process_device(args.device))
     dtype = resolve_dtype(args.dtype, device)
     pipe, _ = load_pipeline_with_erasers(
         family, args.model_path, dtype, args.eraser_path, args.eraser_rank, eraser_weight=eraser_weight, device=device,
@@ -707,5 +719,73 @@ def render_run(args, family, jobs, folder, resumable, setup, render_kwargs, call
         safree=make_safree(args, family, pipe),
     )
     renderer = Renderer(pipe, sides, kwargs, fps=args.fps)
-    return run_jobs(renderer, jobs, folder, resume=resumable and not args.overwrite)
+    return run_jobs(renderer, jobs, folder, resume=resumable and not args.overwrite, log=prompt_log(args))
 
+
+# ----------------------------------------------------------------------------------------- sharded runs
+# Under accelerate launch or with --shard, each process renders its share of the rows (receler.sharding) and
+# notes them in its own prompts.shard-K-of-N.json: one writer per file, so processes sharing the folder (on
+# one machine or across a cluster's file system) never lose each other's updates to prompts.json. The last
+# shard to finish writes prompts.json from all of them.
+
+PROMPTS_KIND = "prompts"
+
+
+class PromptsJsonLog:
+    """One process: every finished row goes straight into ``prompts.json``."""
+
+    def add(self, job: PromptJob) -> None:
+        update_prompts_json(job.prefix.parent, {job.prefix.name: job.prompt})
+
+    def finish(self) -> None:
+        pass
+
+
+class ShardPromptLog:
+    """One shard of a sharded run: finished rows go into the shard's own file; the last shard merges."""
+
+    def __init__(self, shard_log: ShardLog, folder):
+        self.shard_log, self.folder = shard_log, Path(folder)
+
+    def add(self, job: PromptJob) -> None:
+        self.shard_log.add(job.index or 0, {"stem": job.prefix.name, "prompt": job.prompt, "seed": job.seed})
+
+    def finish(self) -> None:
+        if self.shard_log.finish():
+            mapping = merge_prompts(self.folder)
+            logger.info("every shard is done: %s lists all %d prompts", self.folder / PROMPTS_JSON, len(mapping))
+        else:
+            logger.info("other shards are still rendering into %s; the last to finish writes %s (or run "
+                        "evaluation/merge.py %s)", self.folder, PROMPTS_JSON, self.folder)
+
+
+def shard_jobs(args, jobs: list, folder) -> list:
+    """This process's share of ``jobs`` (``--shard`` and/or the launcher's processes); all of them for one process.
+
+    Row ``i`` keeps its seed and its output names, so the shards together render exactly what one process does.
+    The run's log (where finished rows are noted) is kept on ``args`` for :func:`all_done` and :func:`render_run`.
+    """
+    shard = current_shard(getattr(args, "shard", None))
+    args.prompt_log = None
+    if not shard.enabled:
+        return jobs
+    rows = [[job.prefix.name, job.seed] for job in jobs]
+    plan = fingerprint({"rows": rows, "sides": side_names(args)})
+    log = ShardLog(folder, PROMPTS_KIND, shard, [job.prefix.name for job in jobs], plan)
+    args.prompt_log = ShardPromptLog(log, folder)
+    mine = shard.select(jobs)
+    logger.info("shard %s renders %d of the %d prompts", shard, len(mine), len(jobs))
+    return mine
+
+
+def prompt_log(args):
+    return getattr(args, "prompt_log", None) or PromptsJsonLog()
+
+
+def merge_prompts(folder) -> dict:
+    """Write ``prompts.json`` from the ``prompts.shard-K-of-N.json`` files of ``folder``, refusing a row that is
+    missing or present twice (:func:`receler.sharding.merge_rows`); returns ``{stem: prompt}``."""
+    records, _ = merge_rows(folder, PROMPTS_KIND)
+    mapping = {record["stem"]: record["prompt"] for record in records}
+    update_prompts_json(folder, mapping)
+    return mapping
