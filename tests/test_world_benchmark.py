@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not (WORLD_MODEL_DIR / "model_index.json").exist
 FAST = ["--quick", "--train_steps", "4", "--attack_steps", "1,2", "--steps", "6"]
 
 
-def check_row(name, row):
+def check_row(name, row, target="red"):
     for side in ("clean", "erased"):
         shown = row["target_shown"][side]
         for group in ("seen", "unseen", "two_shape", "all", "seen_gray", "seen_black"):
@@ -27,11 +27,14 @@ def check_row(name, row):
     substitution = row["substitution"]
     assert sum(substitution["histogram"].values()) == 8  # the quick set's 4 seen + 4 unseen target prompts
     assert 0.0 <= substitution["share"] <= 1.0
-    rest = row["rest_of_prompt"]
-    assert {"shape", "direction", "background", "all", "area_ratio"} <= set(rest)
+    from receler.world.targets import parse_target
+
+    free = {"color", "shape", "direction", "background"} - set(parse_target(target).attributes)
+    assert set(row["rest_of_prompt"]) == free | {"all", "area_ratio"}
     assert row["other_psnr"]["worst"] <= row["other_psnr"]["mean"]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_row_and_field(tmp_path):
     from receler.world.benchmark import ALL_ROWS, main
 
@@ -53,6 +56,7 @@ def test_quick_benchmark_writes_every_row_and_field(tmp_path):
     assert run["rows"]["full"]["target_shown"]["clean"]["seen"] >= 0.75
 
 
+@pytest.mark.slow
 def test_several_targets_and_seeds_resume_and_summarise(tmp_path):
     from receler.world.benchmark import main
 
@@ -62,7 +66,7 @@ def test_several_targets_and_seeds_resume_and_summarise(tmp_path):
     assert first["runs"]["left/seed0"]["target_kind"] == "direction"
     for run in first["runs"].values():
         assert set(run["rows"]) == {"full"}
-        check_row(run["target"], run["rows"]["full"])
+        check_row(run["target"], run["rows"]["full"], run["target"])
     summary = first["summary"]["full"]
     drops = [r["rows"]["full"]["other_psnr"]["mean"] for r in first["runs"].values()]
     assert summary["psnr_mean"]["mean"] == pytest.approx(sum(drops) / 4)
