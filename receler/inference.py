@@ -259,6 +259,9 @@ def build_sides(
         # the official variant guides away from its keyword negative prompt (the family's render_kwargs
         # turns it into that family's guidance arguments); the adapted one renders like the clean side
         negative = getattr(safree, "negative_prompt", None) or plain_negative
+        if negative != plain_negative and plain_negative:
+            logger.info("SAFREE's official variant renders with its keyword negative prompt; --negative_prompt "
+                        "applies to the other videos")
         sides.append(Side("safree", erasers=False, kwargs=render_kwargs(negative), safree=safree))
     if not sides:
         raise UserError(

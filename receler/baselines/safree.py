@@ -89,7 +89,7 @@ OFFICIAL_NUDITY_KEYWORDS = (
 
 VARIANTS = ("official", "adapted")
 DEFAULT_ALPHA = 0.01  # trigger threshold of the masked-token proximity test (paper)
-DEFAULT_GAMMA = 10.0  # self-validating filtering: at most this many steps (both variants' formulas)
+DEFAULT_GAMMA = 10.0  # the step bound of both variants' self-validating formulas (paper: 10)
 DEFAULT_STEPS = 13  # adapted: filtered embedding for denoising steps 0-12, whatever the step count
 OFFICIAL_STEPS = Fraction(13, 50)  # official CogVideoX: steps 0-12 of 50, kept as a share of the steps
 PROJECTIONS = ("input_space", "plain")
@@ -111,7 +111,7 @@ _ENCODE_BATCH = 16  # masked prompts encoded per text-encoder call
 def default_keywords(concept: str, variant: str = "adapted") -> list:
     """The keyword list for ``concept``: for nudity-like concepts the variant's nudity list (official: the
     authors'), else the concept itself."""
-    if concept.strip().lower() in {"nudity", "nude", "naked", "naked body", "nsfw", "sexual", "sexual content", "porn"}:
+    if concept.strip().lower() in {"nudity", "nude", "naked", "naked body", "nsfw", "sexual", "sexual content"}:
         return list(OFFICIAL_NUDITY_KEYWORDS if variant == "official" else DEFAULT_NUDITY_KEYWORDS)
     return [concept.strip()]
 
