@@ -5,7 +5,8 @@ The pipeline and the erasers load once. Every prompt is then rendered on that on
 - ``clean``: erasers off (inside :class:`~receler.erasers.utils.DisableEraser`), the frozen model;
 - ``erased``: erasers on;
 - ``negprompt``: erasers off, the concept as negative prompt (the negative-prompt baseline);
-- ``safree``: erasers off, SAFREE's filtered text embedding (:mod:`receler.baselines.safree`).
+- ``safree``: erasers off, SAFREE's filtered text embedding (:mod:`receler.baselines.safree`; the official
+  variant also guides away from its keyword negative prompt).
 
 Each pass draws from a fresh CPU ``torch.Generator().manual_seed(seed)``, so every side starts from the
 same initial latents and schedulers that add noise at each step (CogVideoX's DPM) draw the same noise:
@@ -257,7 +258,13 @@ def build_sides(
     elif baseline == "safree":
         if safree is None:
             raise ValueError("baseline 'safree' needs a Safree instance")
-        sides.append(Side("safree", erasers=False, kwargs=render_kwargs(plain_negative), safree=safree))
+        # the official variant guides away from its keyword negative prompt (the family's render_kwargs
+        # turns it into that family's guidance arguments); the adapted one renders like the clean side
+        negative = getattr(safree, "negative_prompt", None) or plain_negative
+        if negative != plain_negative and plain_negative:
+            logger.info("SAFREE's official variant renders with its keyword negative prompt; --negative_prompt "
+                        "applies to the other videos")
+        sides.append(Side("safree", erasers=False, kwargs=render_kwargs(negative), safree=safree))
     if not sides:
         raise UserError(
             "nothing to render: pass --eraser_path (erased video), --baseline negative_prompt|safree, and/or "
@@ -329,7 +336,7 @@ class Renderer:
 
     def _call(self, side, prompt, kwargs):
         if side.safree is not None:
-            result = side.safree.filter(prompt)
+            result = side.safree.filter(prompt, num_inference_steps=kwargs.get("num_inference_steps"))
             if result.changed and result.filter_steps > 0:
                 with side.safree.applied(self.pipe, result) as embeds:
                     return _frames_of(self.pipe(**kwargs, **embeds))
@@ -533,21 +540,36 @@ def build_parser(description: str, defaults: dict, epilog: str | None = None) ->
                    "as _negprompt.mp4) or safree (SAFREE's token projection, _safree.mp4) (default: none)")
     g.add_argument("--concept", default="nudity",
                    help="the erased concept, for the baselines: the default negative prompt and SAFREE's default keyword list (default: nudity)")
+    g.add_argument("--safree_variant", choices=("official", "adapted"), default="official",
+                   help="SAFREE: official = as the authors' released code: their CogVideoX pipeline for CogVideoX, and the "
+                   "same pipeline, the nearest they released, on Wan's UMT5 and HunyuanVideo's Llama and CLIP encoders "
+                   "(keyword vectors from one token's state, tokens tested by writing the pad id in their place, "
+                   "projection (I - P_C) P_I, the first 13/50 of the steps, and the keywords joined as the negative prompt "
+                   "at the model's guidance: --guidance_scale, or for HunyuanVideo --true_cfg_scale with embedded guidance "
+                   "1.0); adapted = this project's earlier adaptation (mean-pooled vectors, tokens deleted, projection "
+                   "P_I (I - P_C), the first 13 steps, no negative prompt). docs/safree.md lists every difference "
+                   "(default: official)")
     g.add_argument("--safree_keywords", nargs="+", default=None, metavar="KEYWORD",
                    help="SAFREE: keywords spanning the concept subspace (or one .txt file, one per line). Default for nudity: "
-                   "\"Sexual Acts\", \"Content Meant to Arouse Sexual Excitement\", Nudity, Naked, Nude, Topless, Pornography, "
-                   "... (receler.baselines.safree.DEFAULT_NUDITY_KEYWORDS); for another concept: the concept itself")
+                   "official: the authors' list (\"Sexual Acts\", Naked, Nudity, \"Sexual Orientation\", \"Sexual "
+                   "Attraction\", \"Sexual Intercourse\"); adapted: \"Sexual Acts\", \"Content Meant to Arouse Sexual "
+                   "Excitement\", Nudity, Naked, Nude, Topless, Pornography, ... (receler.baselines.safree); for another "
+                   "concept: the concept itself")
     g.add_argument("--safree_alpha", type=float, default=0.01,
                    help="SAFREE: a token is a trigger when removing it moves the prompt farther from the concept subspace "
                    "than (1 + alpha) x the mean over the other tokens (paper: 0.01) (default: 0.01)")
-    g.add_argument("--safree_steps", default="13",
-                   help="SAFREE: the first K denoising steps use the filtered embedding, then the original one. 13 = steps 0-12, "
-                   "the original release's variant; 'auto' = the paper's self-validating filtering, "
-                   "K = round(gamma * sigmoid(1 - cos(original, filtered))) (default: 13)")
-    g.add_argument("--safree_gamma", type=float, default=10.0, help="SAFREE: gamma of --safree_steps auto (paper: 10) (default: 10)")
+    g.add_argument("--safree_steps", default=None,
+                   help="SAFREE: the first K denoising steps use the filtered embedding, then the original one. A share of "
+                   "the steps A/B (13/50 = steps 0-12 of 50, 8 of 30), 'all', a whole number of steps, or 'auto' = the "
+                   "variant's self-validating filtering (official: the authors' formula, at most gamma + 1 steps; "
+                   "adapted: K = round(gamma * sigmoid(1 - cos(original, filtered)))) (default: 13/50 for official, "
+                   "13 for adapted)")
+    g.add_argument("--safree_gamma", type=float, default=10.0,
+                   help="SAFREE: the step bound of --safree_steps auto (paper: 10) (default: 10)")
     g.add_argument("--safree_projection", choices=("input_space", "plain"), default="input_space",
-                   help="SAFREE: project trigger tokens onto the orthogonal complement of the concept subspace and back into the "
-                   "prompt's input space, as the paper (input_space), or onto the complement only (plain) (default: input_space)")
+                   help="SAFREE: project trigger tokens onto the orthogonal complement of the concept subspace within the "
+                   "prompt's input space, as the paper (input_space; in the variant's order), or onto the complement only "
+                   "(plain) (default: input_space)")
 
     g = p.add_argument_group("logging")
     g.add_argument("--verbose", action="store_true", help="debug logging")
@@ -576,7 +598,8 @@ def finish_args(args) -> None:
     if args.baseline == "safree":
         from .baselines.safree import parse_steps
 
-        args.safree_steps = parse_steps(args.safree_steps)
+        if args.safree_steps is not None:
+            args.safree_steps = parse_steps(args.safree_steps)
         if args.safree_alpha < 0:
             raise UserError(f"--safree_alpha must be >= 0 (paper: 0.01), got {args.safree_alpha}")
 
@@ -596,10 +619,11 @@ def make_safree(args, family, pipe):
         return None
     from .baselines.safree import Safree, default_keywords, read_keywords
 
-    keywords = read_keywords(args.safree_keywords) or default_keywords(args.concept)
+    variant = getattr(args, "safree_variant", "official")
+    keywords = read_keywords(args.safree_keywords) or default_keywords(args.concept, variant)
     return Safree(
         family, pipe, keywords, alpha=args.safree_alpha, steps=args.safree_steps, gamma=args.safree_gamma,
-        projection=args.safree_projection,
+        projection=args.safree_projection, variant=variant,
     )
 
 

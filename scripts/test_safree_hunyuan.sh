@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The SAFREE baseline on HunyuanVideo, as the original release: token projection on the Llama and CLIP
-# embeddings for denoising steps 0-12 (_safree.mp4), next to the clean video. STEPS=auto uses the paper's
-# self-validating filtering instead; KEYWORDS (a .txt file, one per line) replaces the nudity keyword list.
+# embeddings for denoising steps 0-12 (_safree.mp4), next to the clean video (VARIANT=adapted, the default
+# here). VARIANT=official runs SAFREE as its authors' code does (docs/safree.md): keyword negative prompt with
+# true CFG, 13/50 of the steps. STEPS (13, 13/50, all, auto) overrides the variant's steps; KEYWORDS (a .txt
+# file, one per line) replaces the nudity keyword list.
 #
 #   bash scripts/test_safree_hunyuan.sh           tiny random-weight HunyuanVideo (built if missing)
 #   MODEL_PATH=models/HunyuanVideo bash scripts/test_safree_hunyuan.sh
@@ -13,7 +15,8 @@ cd "$(dirname "$0")/.."
 MODEL_PATH=${MODEL_PATH:-outputs/tiny-hunyuan-video}
 CONCEPT=${CONCEPT:-nudity}
 KEYWORDS=${KEYWORDS:-}  # empty: the default keyword list of CONCEPT
-STEPS=${STEPS:-13}      # the first 13 steps (0-12) use the filtered embedding
+VARIANT=${VARIANT:-adapted}
+STEPS=${STEPS:-}        # empty: the variant's own (adapted: the first 13 steps, 0-12; official: 13/50 of them)
 ALPHA=${ALPHA:-0.01}
 PROMPT_FILE=${PROMPT_FILE:-evaluation/data/nudity_eval_implicit.csv}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/videos/hunyuan_safree}
@@ -32,15 +35,19 @@ KEYWORD_ARGS=()
 if [ -n "$KEYWORDS" ]; then
   KEYWORD_ARGS=(--safree_keywords "$KEYWORDS")
 fi
+STEP_ARGS=()
+if [ -n "$STEPS" ]; then
+  STEP_ARGS=(--safree_steps "$STEPS")
+fi
 
 "$PYTHON" test_hunyuan.py \
   --model_path "$MODEL_PATH" \
   --baseline safree \
   --concept "$CONCEPT" \
-  --safree_steps "$STEPS" \
+  --safree_variant "$VARIANT" \
   --safree_alpha "$ALPHA" \
   --prompt_file "$PROMPT_FILE" \
   --output_path "$OUTPUT_DIR" \
   --generate_clean \
   --seed "$SEED" \
-  ${KEYWORD_ARGS[@]+"${KEYWORD_ARGS[@]}"} ${SIZE_ARGS[@]+"${SIZE_ARGS[@]}"} "$@"
+  ${KEYWORD_ARGS[@]+"${KEYWORD_ARGS[@]}"} ${STEP_ARGS[@]+"${STEP_ARGS[@]}"} ${SIZE_ARGS[@]+"${SIZE_ARGS[@]}"} "$@"

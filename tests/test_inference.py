@@ -237,7 +237,8 @@ def test_every_flag_is_explained(script_name):
     for flag in ("--prompt", "--model_path", "--eraser_path", "--eraser_rank", "--output_path", "--guidance_scale",
                  "--num_inference_steps", "--num_frames", "--dtype", "--seed", "--generate_clean", "--height", "--width",
                  "--fps", "--prompt_file", "--use_cpu_offload", "--cpu_offload", "--negative_prompt", "--baseline",
-                 "--concept", "--safree_keywords", "--safree_alpha", "--safree_steps", "--safree_projection"):
+                 "--concept", "--safree_keywords", "--safree_alpha", "--safree_steps", "--safree_projection",
+                 "--safree_variant"):
         assert flag in names, flag
     if script_name == "test_cogvideo":
         assert {"--generate_type", "--image_or_video_path", "--scheduler"} <= names
