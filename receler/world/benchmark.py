@@ -24,6 +24,7 @@ targets x seeds, and prints the tables.
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import shlex
@@ -36,7 +37,7 @@ import torch
 
 from ..erasers.utils import erasers_disabled
 from ..errors import cli_entry, setup_logging
-from ..io_utils import atomic_write_json, atomic_write_text
+from ..io_utils import atomic_write, atomic_write_json, atomic_write_text
 from . import model as world
 from .files import write_prompt_files
 from .measure import measure, read_video, shows_target
@@ -72,9 +73,36 @@ class Bench:
     def clean_videos(self, target, items, guidance=1.0) -> list:
         key = (target.name, guidance)
         if key not in self._clean:
-            with erasers_disabled(self.pipe.transformer):
-                self._clean[key] = self.render(items, guidance)
+            cached = self._cache_file(target, items, guidance)
+            if cached is not None and cached.is_file():
+                with np.load(cached) as data:
+                    self._clean[key] = list(data["videos"])
+            else:
+                with erasers_disabled(self.pipe.transformer):
+                    self._clean[key] = self.render(items, guidance)
+                if cached is not None:
+                    atomic_write(cached, lambda tmp: _save_videos(tmp, self._clean[key]))
         return self._clean[key]
+
+    def _cache_file(self, target, items, guidance):
+        """``--clean_cache``: clean renders shared by benchmark runs (a sweep's settings) of the same model and
+        prompts; the name hashes everything a clean render depends on."""
+        if not self.args.clean_cache:
+            return None
+        a = self.args
+        model = Path(a.model_path) / "transformer" / "diffusion_pytorch_model.safetensors"
+        stamp = model.stat().st_mtime_ns if model.is_file() else 0
+        what = json.dumps([str(Path(a.model_path).resolve()), stamp, a.steps, a.num_frames, a.height, a.width,
+                           guidance, [(it["prompt"], it["seed"]) for it in items]])
+        digest = hashlib.sha256(what.encode()).hexdigest()[:16]
+        folder = Path(a.clean_cache)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{_slug(target.name)}_g{guidance:g}_{digest}.npz"
+
+
+def _save_videos(path, videos) -> None:
+    with open(path, "wb") as f:  # a file object: given a name, numpy would append ".npz" to it
+        np.savez_compressed(f, videos=np.stack(videos))
 
 
 def render_embeds(bench: Bench, items, embeds: list, guidance) -> list:
@@ -436,6 +464,9 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=4, help="prompts per update")
     p.add_argument("--train_flags", default="",
                    help="extra training flags for every eraser row, e.g. '--mask_mode average --start_guidance 3'")
+    p.add_argument("--clean_cache", default=None,
+                   help="folder where clean renders are kept and reused by later runs of the same model and prompts "
+                        "(the sweep shares one across its settings)")
     p.add_argument("--negative_guidance", type=float, default=4.0, help="guidance of the negative-prompt baseline")
     p.add_argument("--attack_tokens", type=int, default=12, help="soft tokens of the attack (and of adversarial training)")
     p.add_argument("--attack_steps", default=None,

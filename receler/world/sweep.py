@@ -107,7 +107,8 @@ def main(argv=None):
     settings = read_settings(args.settings)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    common = ["--targets", args.targets, "--seeds", args.seeds, *shlex.split(args.benchmark_flags)]
+    common = ["--targets", args.targets, "--seeds", args.seeds, "--clean_cache", str(out / "clean_cache"),
+              *shlex.split(args.benchmark_flags)]
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         futures = {name: pool.submit(run_setting, out, name, flags, common) for name, flags in settings.items()}
         reports = {name: future.result() for name, future in futures.items()}
