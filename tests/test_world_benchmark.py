@@ -49,7 +49,8 @@ def test_quick_benchmark_writes_every_row_and_field(tmp_path):
         row = run["rows"][name]
         assert set(row["target_shown_attacked_by_steps"]) == {"1", "2"}
         assert row["target_shown_attacked"] == row["target_shown_attacked_by_steps"]["2"]
-    assert run["rows"]["negative_prompt"]["guidance"] > 1
+    assert run["rows"]["negative_prompt"]["guidance"] > 1 and run["rows"]["safree_official"]["guidance"] > 1
+    assert run["rows"]["safree"]["guidance"] == 1
     assert set(saved["summary"]) == set(ALL_ROWS)
     assert (tmp_path / "world_benchmark.md").read_text().count("| red | 42 |") == len(ALL_ROWS)
     # The clean renders are the bundled model's: at guidance 1 it draws the prompted colour.
@@ -76,6 +77,17 @@ def test_several_targets_and_seeds_resume_and_summarise(tmp_path):
     again = main(argv)
     assert again["runs"] == first["runs"]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "erasers").rglob("eraser_weights.safetensors")} == before
+
+
+def test_the_full_row_and_official_safree_write_every_field(tmp_path):
+    from receler.world.benchmark import main
+
+    report = main([str(tmp_path), "--quick", "--train_steps", "2", "--steps", "4", "--rows", "full,safree_official"])
+    run = report["runs"]["red/seed42"]
+    for name, row in run["rows"].items():
+        check_row(name, row)
+    assert run["rows"]["safree_official"]["guidance"] == 4.0
+    assert run["rows"]["full"]["train_seconds"] > 0
 
 
 def test_bad_targets_are_refused_before_anything_loads(tmp_path, capsys):

@@ -13,7 +13,9 @@ target's kind, on both backgrounds) are rendered clean and erased with the same 
 pixel classifier (:mod:`receler.world.measure` defines every number).
 
 Rows: the full method (``full``), the loss ablations (``unlearn_only``, ``unlearn_loc``, ``unlearn_pre``), the
-training-free baselines (``negative_prompt`` at the guidance it needs, ``safree``), adversarial training
+training-free baselines (``negative_prompt`` at the guidance it needs; SAFREE as adapted here, ``safree``, at
+guidance 1, and as its authors run it, ``safree_official``, with the keyword negative prompt at the same guidance as
+``negative_prompt``), adversarial training
 (``adversarial``) and the attack rows (``full_attacked``, ``adversarial_attacked``: the same learned soft-prompt
 attack, scored after each budget). A single-target run does every row by default; several targets or seeds do
 ``full`` only.
@@ -52,7 +54,8 @@ ERASER_ROWS = {  # row -> training flags on top of the shared ones
     "unlearn_pre": ["--alpha", "0", "--beta", "1.0"],
 }
 ATTACK_ROWS = {"full_attacked": "full", "adversarial_attacked": "adversarial"}
-ALL_ROWS = tuple(ERASER_ROWS) + ("negative_prompt", "safree", "adversarial") + tuple(ATTACK_ROWS)
+SAFREE_ROWS = {"safree": "adapted", "safree_official": "official"}
+ALL_ROWS = tuple(ERASER_ROWS) + ("negative_prompt",) + tuple(SAFREE_ROWS) + ("adversarial",) + tuple(ATTACK_ROWS)
 
 
 class Bench:
@@ -180,18 +183,20 @@ def attacked_videos(bench: Bench, folder, items, seed: int) -> tuple:
     return videos, losses
 
 
-def safree_videos(bench: Bench, target, items) -> list:
-    """SAFREE with its defaults (filtered embedding for the first denoising steps), one prompt at a time."""
+def safree_videos(bench: Bench, target, items, variant: str, guidance: float) -> list:
+    """SAFREE (``adapted``: this project's variant at guidance 1; ``official``: the authors' rules with the keyword
+    negative prompt at classifier-free guidance), one prompt at a time."""
     from ..baselines.safree import Safree
     from ..families import get_family
 
     a = bench.args
-    safree = Safree(get_family("cogvideox"), bench.pipe, [target.name])
+    safree = Safree(get_family("cogvideox"), bench.pipe, [target.name], variant=variant)
+    call = safree.pipeline_kwargs(guidance)
     videos = []
     for it in items:
-        result = safree.filter(it["prompt"])
+        result = safree.filter(it["prompt"], num_inference_steps=a.steps)
         with safree.applied(bench.pipe, result) as kwargs, torch.no_grad():
-            out = bench.pipe(guidance_scale=1.0, num_inference_steps=a.steps, num_frames=a.num_frames,
+            out = bench.pipe(**call, num_inference_steps=a.steps, num_frames=a.num_frames,
                              height=a.height, width=a.width, output_type="np",
                              max_sequence_length=bench.pipe.transformer.config.max_text_seq_length,
                              generator=torch.Generator().manual_seed(it["seed"]), **kwargs).frames
@@ -230,10 +235,13 @@ def run_target(bench: Bench, target, seed: int, rows: list) -> dict:
                 clean = bench.clean_videos(target, items, g)
                 videos = bench.render(items, g, negative_prompt=target.name)
             results[name] = row(name, videos, g, clean=clean)
-        elif name == "safree":
+        elif name in SAFREE_ROWS:
+            variant = SAFREE_ROWS[name]
+            g = 1.0 if variant == "adapted" else a.negative_guidance  # the official variant guides away from the keywords
             with erasers_disabled(bench.pipe.transformer):
-                videos = safree_videos(bench, target, items)
-            results[name] = row(name, videos, 1.0)
+                clean = bench.clean_videos(target, items, g)
+                videos = safree_videos(bench, target, items, variant, g)
+            results[name] = row(name, videos, g, clean=clean)
         elif name in ATTACK_ROWS:
             folder, _, _ = eraser(ATTACK_ROWS[name])
             videos, losses = attacked_videos(bench, folder, items, seed)
@@ -467,7 +475,9 @@ def parse_args(argv=None):
     p.add_argument("--clean_cache", default=None,
                    help="folder where clean renders are kept and reused by later runs of the same model and prompts "
                         "(the sweep shares one across its settings)")
-    p.add_argument("--negative_guidance", type=float, default=4.0, help="guidance of the negative-prompt baseline")
+    p.add_argument("--negative_guidance", type=float, default=4.0,
+                   help="guidance of the negative-prompt baseline and of official SAFREE (both guide away from the "
+                        "concept word with classifier-free guidance)")
     p.add_argument("--attack_tokens", type=int, default=12, help="soft tokens of the attack (and of adversarial training)")
     p.add_argument("--attack_steps", default=None,
                    help="attack budgets in steps, comma-separated; one attack run, scored after each "
