@@ -5,6 +5,7 @@ Ctrl-C are handled without losing anything."""
 import json
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,11 +26,11 @@ SIZE = dict(num_frames=9, height=32, width=32)
 def make_trainer(family_name, *extra):
     family = get_family(family_name)
     pipe = build_tiny_pipeline(family_name, seed=0)
-    args = parse_args(["--model_path", "unused", "--target_concept", "nudity", "--output_dir", "unused",
-                       "--eraser_rank", "4", "--learning_rate", "1e-3", "--num_inference_steps", "4", *extra])
-    args.beta = 1.0 if args.beta is None else args.beta
+    config = parse_args(["--model_path", "unused", "--target_concept", "nudity", "--output_dir", "unused",
+                         "--eraser_rank", "4", "--learning_rate", "1e-3", "--num_inference_steps", "4", *extra])
+    config = replace(config, beta=1.0 if config.beta is None else config.beta)
     data = encode_prompt_set(family, pipe, PROMPTS, PRESERVE, "nudity", "cpu")
-    trainer = EraserTrainer(family, pipe, args, "cpu")
+    trainer = EraserTrainer(family, pipe, config, "cpu")
     grid = family.token_grid(pipe, **SIZE)
     batch = make_batch(data, [0, 1], trainer.device, grid)
     sampler = family.make_sampler(pipe, 4, **SIZE, device="cpu", generator=torch.Generator().manual_seed(0))
@@ -135,7 +136,7 @@ def test_auto_generated_preserved_concepts_feed_the_preservation_loss(tmp_path, 
     concepts = [c for c in concepts if c]
     assert len(concepts) == 3 and all("nudity" not in c for c in concepts)
     args = json.loads((out / "args.json").read_text())
-    assert args["beta"] == 1.0
+    assert args["beta"] is None and args["resolved"]["beta"] == 1.0  # as given, and as resolved
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all("loss_preserve" in r for r in rows) and rows[-1]["loss_preserve"] > 0
 
