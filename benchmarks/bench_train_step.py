@@ -76,10 +76,11 @@ def run_setup(spec: dict) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from receler.config import TrainConfig
     from receler.families import get_family
     from receler.presets import PRESETS, build_preset_pipeline, random_conditioning
     from receler.trainer import EraserTrainer, PromptSet, make_batch
-    from receler.train_unlearning_prompt_only import parse_args as trainer_args
+    from receler.training import resolve_training
 
     preset = PRESETS[spec["preset"]]
     family = get_family(preset.family)
@@ -93,21 +94,24 @@ def run_setup(spec: dict) -> dict:
     frozen = None
     if spec.get("two_copies"):
         frozen = build_preset_pipeline(preset, dtype, device).transformer
-    argv = ["--model_path", "-", "--target_concept", "concept", "--output_dir", "-",
-            "--eraser_rank", str(spec["eraser_rank"]), "--alpha", str(spec.get("alpha", 0.0)),
-            "--beta", str(spec.get("beta", 0.0)), "--num_inference_steps", "50"]
-    args = trainer_args(argv)
-    args.checkpoint_blocks = (spec.get("checkpoint_blocks") if spec.get("checkpoint") else 0)
-    args.gradient_checkpointing = bool(spec.get("checkpoint")) and spec.get("checkpoint_blocks") is None
-    args.fp8_weights, args.compile = bool(spec.get("fp8")), bool(spec.get("compile"))
-    trainer = EraserTrainer(family, pipe, args, device, frozen_transformer=frozen)
+    checkpoint = bool(spec.get("checkpoint"))
+    config = TrainConfig(
+        model_path=preset.name, target_concept="concept", output_dir="-", eraser_rank=spec["eraser_rank"],
+        alpha=spec.get("alpha", 0.0), beta=spec.get("beta", 0.0), num_inference_steps=50,
+        num_frames=frames, height=height, width=width, batch_size=batch_size,
+        gradient_checkpointing=checkpoint and spec.get("checkpoint_blocks") is None,
+        checkpoint_blocks=(spec.get("checkpoint_blocks") or 0) if checkpoint else 0,
+        fp8_weights=bool(spec.get("fp8")), compile=bool(spec.get("compile")),
+    )
+    resolved = resolve_training(config, family, pipe, device, prompts=["benchmark"] * batch_size)
+    trainer = EraserTrainer(family, pipe, config, device, frozen_transformer=frozen, resolved=resolved)
 
     cond = random_conditioning(preset, pipe, 1, "cpu", dtype)
     positions = torch.zeros(1, next(iter(cond.values())).shape[1], dtype=torch.bool)
     positions[0, 1:3] = True  # two "concept" tokens, as in a short concept word
     prompts = ["benchmark"] * batch_size
-    data = PromptSet(prompts, prompts if args.beta > 0 else None, [cond] * batch_size,
-                     [cond] * batch_size if args.beta > 0 else None, cond,
+    data = PromptSet(prompts, prompts if config.beta > 0 else None, [cond] * batch_size,
+                     [cond] * batch_size if config.beta > 0 else None, cond,
                      positions.repeat(batch_size, 1), torch.ones(batch_size, dtype=torch.bool))
     grid = family.token_grid(pipe, frames, height, width)
     batch = make_batch(data, list(range(batch_size)), device, grid)

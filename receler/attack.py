@@ -181,8 +181,8 @@ def attack_prompts(family, pipe, prompts: list, num_tokens: int, steps: int, lr:
                                       torch.Generator().manual_seed(seed + p))
         trajectories.append(frozen_trajectory(family, pipe, cond, sampler))
         samplers.append(family.make_sampler(pipe, num_inference_steps, num_frames, height, width, device))
-    outputs = LossTarget(family, loss_target, [transformer])
-    soft, losses = learn_soft_prompt(family, pipe, outputs, conds, positions, trajectories, samplers, steps, lr,
-                                     num_tokens, seed=seed, eta=eta, cond_empty=cond_empty, progress=progress)
+    with LossTarget(family, loss_target, [transformer]) as outputs:  # its hooks leave with the attack
+        soft, losses = learn_soft_prompt(family, pipe, outputs, conds, positions, trajectories, samplers, steps, lr,
+                                         num_tokens, seed=seed, eta=eta, cond_empty=cond_empty, progress=progress)
     return soft, positions, conds, losses
 

@@ -120,11 +120,14 @@ def estimate(shape: ModelShape, batch_size=1, dtype="bfloat16", checkpoint_block
     return breakdown
 
 
-def fewest_checkpointed_blocks(family, transformer, args, budget_bytes) -> int:
-    """The fewest blocks to checkpoint (fewest = fastest) for an update to fit ``budget_bytes``."""
-    shape = model_shape(family, transformer, _pipe_of(family, transformer), args.num_frames, args.height, args.width)
-    common = dict(batch_size=args.batch_size, dtype=args.dtype, fp8=args.fp8_weights, eraser_rank=args.eraser_rank,
-                  localization=args.alpha > 0, offload_activations=getattr(args, "offload_activations", False))
+def fewest_checkpointed_blocks(family, transformer, resolved, config, budget_bytes) -> int:
+    """The fewest blocks to checkpoint (fewest = fastest) for an update of a training run (its
+    :class:`~receler.config.TrainConfig` and :class:`~receler.config.ResolvedTraining`) to fit ``budget_bytes``."""
+    shape = model_shape(family, transformer, _pipe_of(family, transformer), resolved.num_frames, resolved.height,
+                        resolved.width)
+    common = dict(batch_size=config.batch_size, dtype=resolved.dtype, fp8=config.fp8_weights,
+                  eraser_rank=config.eraser_rank, localization=config.alpha > 0,
+                  offload_activations=config.offload_activations)
     for count in range(shape.blocks + 1):
         if estimate(shape, checkpoint_blocks=count, **common)["peak"] <= budget_bytes:
             return count

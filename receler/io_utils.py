@@ -39,3 +39,27 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_lines(path, what: str, flag: str, item: str = "item") -> list:
+    """The non-empty lines of a UTF-8 text file, stripped, without ``#`` comments: one item per line.
+
+    A missing, unreadable or empty file is a :class:`~receler.errors.UserError` naming ``what`` and ``flag``.
+    """
+    from .errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path} does not exist{' (it is a folder)' if path.is_dir() else ''}: pass a "
+                        f"text file with one {item} per line.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {path} is not valid UTF-8. Re-save the {what} as UTF-8.") from None
+    except OSError as err:
+        raise UserError(f"{flag} {path} cannot be read ({err.strerror}). Check its permissions.") from None
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise UserError(f"{flag} {path} lists no {item}s (one per line expected)")
+    return lines

@@ -165,12 +165,22 @@ def enable_fp8_storage(transformer, compute_dtype) -> None:
 class EraserTrainer:
     """Holds the one backbone (frozen), its erasers (trainable, float32), the optimizer and the loss hooks.
 
+    ``config`` is the run's :class:`~receler.config.TrainConfig` and ``resolved`` what was derived from it
+    (:func:`receler.training.resolve_training`, worked out here when not given). Use it as a context
+    manager: on exit the hooks it put on the model are removed and gradient checkpointing is switched off
+    again, so the model is left as found (plus its trained erasers).
+
     ``frozen_transformer`` is only for comparisons (the benchmark's naive two-copy setup): by default the
     frozen model is the same network with its erasers switched off.
     """
 
-    def __init__(self, family, pipe, args, device, dist: Distributed | None = None, frozen_transformer=None):
-        self.family, self.pipe, self.args = family, pipe, args
+    def __init__(self, family, pipe, config, device, dist: Distributed | None = None, frozen_transformer=None,
+                 resolved=None):
+        if resolved is None:
+            from .training import resolve_training
+
+            resolved = resolve_training(config, family, pipe, device)
+        self.family, self.pipe, self.config, self.resolved = family, pipe, config, resolved
         self.device = torch.device(device)
         self.dist = dist or Distributed(self.device)
         self.transformer = pipe.transformer
@@ -178,41 +188,51 @@ class EraserTrainer:
         for model in {id(self.transformer): self.transformer, id(self.frozen): self.frozen}.values():
             model.requires_grad_(False)
             model.eval()
-        if getattr(args, "fp8_weights", False):
+        if config.fp8_weights:
             enable_fp8_storage(self.transformer, compute_dtype=self.transformer.dtype)
 
-        torch.manual_seed(args.seed)  # the erasers' down projections start random: make that reproducible
-        erasers = attach_erasers(self.transformer, family.layout, args.eraser_rank)
+        torch.manual_seed(config.seed)  # the erasers' down projections start random: make that reproducible
+        erasers = attach_erasers(self.transformer, family.layout, config.eraser_rank, fresh=True)
         self.eraser_names = list(erasers)
         self.erasers = list(erasers.values())
         for eraser in self.erasers:
             eraser.to(self.device)
             eraser.requires_grad_(True)
         self.params = [p for e in self.erasers for p in e.parameters()]
-        self.optimizer = torch.optim.AdamW(self.params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
-        self.outputs = LossTarget(family, args.loss_target, [self.transformer, self.frozen])
+        self.outputs = LossTarget(family, resolved.loss_target, [self.transformer, self.frozen]).open()
         self.loss_target = self.outputs.target
-        self.probe = ConceptAttentionProbe(family, self.frozen, args.mask_chunk_size) if args.alpha > 0 else None
+        self.probe = ConceptAttentionProbe(family, self.frozen, config.mask_chunk_size) if config.alpha > 0 else None
 
         blocks = family.block_modules(self.transformer)
-        count = getattr(args, "checkpoint_blocks", None)
-        count = count if isinstance(count, int) else 0  # "auto" is resolved by the CLI, which knows the GPU
-        if getattr(args, "gradient_checkpointing", False):
-            count = len(blocks)
-        offload = getattr(args, "offload_activations", False)
-        self.checkpointed_blocks = enable_block_checkpointing(self.transformer, blocks, count, offload) if count else 0
-        if getattr(args, "compile", False):
+        self.checkpointed_blocks = enable_block_checkpointing(
+            self.transformer, blocks, resolved.checkpoint_blocks, config.offload_activations
+        ) if resolved.checkpoint_blocks else 0
+        if config.compile:
             for block in blocks:
                 block.compile()
         self.adversary = None  # --adversarial: created by start_adversary once the prompts are encoded
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Remove the loss hooks and switch gradient checkpointing off again (the erasers stay)."""
+        self.outputs.close()
+        if self.checkpointed_blocks:
+            self.transformer.disable_gradient_checkpointing()
+            self.checkpointed_blocks = 0
+
     def start_adversary(self, data: "PromptSet") -> None:
         """``--adversarial``: a soft prompt of the text conditioning's width, starting at its scale."""
-        args = self.args
+        config = self.config
         emb = torch.cat([c["encoder_hidden_states"] for c in data.cond]).float()
-        self.adversary = Adversary(args.adv_num_tokens, emb.shape[-1], args.adv_steps, args.adv_lr,
-                                   float(emb.std()), args.seed, self.device)
+        self.adversary = Adversary(config.adv_num_tokens, emb.shape[-1], config.adv_steps, config.adv_lr,
+                                   float(emb.std()), config.seed, self.device)
 
     # ------------------------------------------------------------------------------ one forward
     def forward(self, model, sampler, x, index, cond):
@@ -228,13 +248,13 @@ class EraserTrainer:
         erased model's prediction on the concept prompt (detached), or the frozen model's
         (``--trajectory frozen``).
         """
-        args = self.args
+        config, beta = self.config, self.resolved.beta
         localize = self.probe is not None and batch["localize"]
         local_loc = localize and bool(batch["found"].any())
         metrics = {"loss_unlearn": 0.0}
         if localize:
             metrics["loss_loc"] = 0.0
-        if batch["cond_preserve"] is not None and args.beta > 0:
+        if batch["cond_preserve"] is not None and beta > 0:
             metrics["loss_preserve"] = 0.0
         if self.adversary is not None:
             metrics["loss_adversarial"] = 0.0
@@ -248,8 +268,8 @@ class EraserTrainer:
             o_pre = None
             if "loss_preserve" in metrics:
                 o_pre = self.forward(self.frozen, sampler, x, index, batch["cond_preserve"])[1]
-            masks = self.probe.masks(batch["grid"], args.mask_threshold) if local_loc else None
-            v_neg = negative_guidance_target(o_c.float(), o_0.float(), args.eta)
+            masks = self.probe.masks(batch["grid"], config.mask_threshold) if local_loc else None
+            v_neg = negative_guidance_target(o_c.float(), o_0.float(), config.eta)
         del o_0
 
         # 1b. --adversarial: refresh the soft prompt against the current eraser (it pulls the erased model's
@@ -268,7 +288,7 @@ class EraserTrainer:
             per_prompt = localization_loss(captured.ordered(), masks, batch["found"], reduction="none")
             loss_loc = (per_prompt * batch["loc_weight"]).sum()
             metrics["loss_loc"] = loss_loc.detach()
-            loss = loss + args.alpha * loss_loc
+            loss = loss + config.alpha * loss_loc
         del captured, o_erased
         self._check_finite(loss, "loss")
         loss.backward()
@@ -280,7 +300,7 @@ class EraserTrainer:
             loss_adv = (unlearn_loss(o_erased_att, v_neg, reduction="none") * batch["weight"]).sum()
             metrics["loss_adversarial"] = loss_adv.detach()
             self._check_finite(loss_adv, "adversarial loss")
-            (args.adv_weight * loss_adv).backward()
+            (config.adv_weight * loss_adv).backward()
             del o_erased_att
         del v_neg
 
@@ -290,21 +310,21 @@ class EraserTrainer:
             loss_pre = (preserve_loss(o_erased_pre, o_pre, reduction="none") * batch["weight"]).sum()
             metrics["loss_preserve"] = loss_pre.detach()
             self._check_finite(loss_pre, "preservation loss")
-            (args.beta * loss_pre).backward()
+            (beta * loss_pre).backward()
 
         # 4. Sum gradients over processes, clip, check, step: every process takes the same step.
         self.dist.sum_gradients(self.params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
         self._check_finite(grad_norm, "gradient norm")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
         metrics = self.dist.sum_scalars({k: float(v) for k, v in metrics.items()})
-        metrics["loss"] = (metrics["loss_unlearn"] + args.alpha * metrics.get("loss_loc", 0.0)
-                           + args.beta * metrics.get("loss_preserve", 0.0)
-                           + getattr(args, "adv_weight", 0.0) * metrics.get("loss_adversarial", 0.0))
+        metrics["loss"] = (metrics["loss_unlearn"] + config.alpha * metrics.get("loss_loc", 0.0)
+                           + beta * metrics.get("loss_preserve", 0.0)
+                           + config.adv_weight * metrics.get("loss_adversarial", 0.0))
         metrics.update(grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"])
-        advance = pred_frozen if args.trajectory == "frozen" else pred.detach()
+        advance = pred_frozen if config.trajectory == "frozen" else pred.detach()
         return metrics, advance
 
     def _check_finite(self, value, what):
@@ -323,27 +343,27 @@ class EraserTrainer:
     @torch.no_grad()
     def prediction_without_update(self, sampler, x, index, cond):
         """Advance through a step that is not trained, with the model the trajectory follows."""
-        if self.args.trajectory == "frozen":
+        if self.config.trajectory == "frozen":
             with erasers_disabled(self.frozen):
                 return sampler.predict(self.frozen, x, index, cond)
         return sampler.predict(self.transformer, x, index, cond)
 
     # --------------------------------------------------------------------------- saving / state
     def eraser_config(self) -> dict:
-        a = self.args
+        config, resolved = self.config, self.resolved
+        training = {**config.to_dict(), **resolved.to_dict()}
         return {
             "base_model": {
                 "pipeline_class": type(self.pipe).__name__,
-                "model_path": str(a.model_path),
+                "model_path": str(config.model_path),
                 "transformer_config": {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")},
             },
-            "target_concept": a.target_concept,
-            "training": {
-                k: getattr(a, k)
-                for k in ("eta", "alpha", "beta", "learning_rate", "num_frames", "height", "width",
-                          "num_inference_steps", "loss_target", "trajectory", "mask_threshold", "seed")
-                if hasattr(a, k)
-            },
+            "target_concept": config.target_concept,
+            "training": {k: training[k] for k in ("eta", "alpha", "beta", "learning_rate", "num_frames", "height",
+                                                  "width", "num_inference_steps", "loss_target", "trajectory",
+                                                  "mask_threshold", "seed")},
+            "train_config": config.to_dict(),
+            "resolved": resolved.to_dict(),
         }
 
     def save_erasers(self, folder) -> None:
@@ -377,7 +397,7 @@ class EraserTrainer:
                 f"--resume_from {folder} is not a training checkpoint (no {STATE_NAME}); pass a folder such as "
                 f"<output_dir>/checkpoints/step_100."
             )
-        load_erasers(self.transformer, self.family.layout, folder, eraser_rank=self.args.eraser_rank)
+        load_erasers(self.transformer, self.family.layout, folder, eraser_rank=self.config.eraser_rank)
         state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
         if state.get("world_size", 1) != self.dist.world_size:
             raise UserError(
@@ -437,26 +457,26 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def run_training(trainer: EraserTrainer, data: PromptSet, output_dir, num_frames, height, width) -> dict:
+def run_training(trainer: EraserTrainer, data: PromptSet, output_dir) -> dict:
     """The training loop: epochs -> prompt batches (one trajectory each) -> timesteps (one update each)."""
-    args, dist = trainer.args, trainer.dist
+    config, dist = trainer.config, trainer.dist
     output_dir = Path(output_dir)
     log_path = output_dir / "train_log.jsonl"
     resume, global_step = None, 0
-    if getattr(args, "adversarial", False):
+    if config.adversarial:
         trainer.start_adversary(data)
-    if args.resume_from:
-        resume = trainer.load_checkpoint(args.resume_from)
+    if config.resume_from:
+        resume = trainer.load_checkpoint(config.resume_from)
         global_step = resume["position"]["global_step"]
         if dist.is_main:
             _truncate_log(log_path, global_step)
-        logger.info("resumed from %s at update %d", args.resume_from, global_step)
+        logger.info("resumed from %s at update %d", config.resume_from, global_step)
     elif dist.is_main and log_path.exists():
         log_path.unlink()
     writer = _tensorboard(output_dir) if dist.is_main else None
     try:
         with _StopRequest() as stop, (open(log_path, "a") if dist.is_main else nullcontext()) as log:
-            summary = _loop(trainer, data, output_dir, log, (num_frames, height, width), resume, global_step, writer, stop)
+            summary = _loop(trainer, data, output_dir, log, resume, global_step, writer, stop)
     finally:
         if writer is not None:
             writer.close()
@@ -467,16 +487,16 @@ def run_training(trainer: EraserTrainer, data: PromptSet, output_dir, num_frames
     return summary
 
 
-def _loop(trainer, data, output_dir, log, size, resume, global_step, writer, stop) -> dict:
-    args, family, pipe, dist = trainer.args, trainer.family, trainer.pipe, trainer.dist
-    num_frames, height, width = size
+def _loop(trainer, data, output_dir, log, resume, global_step, writer, stop) -> dict:
+    config, family, pipe, dist = trainer.config, trainer.family, trainer.pipe, trainer.dist
+    num_frames, height, width = trainer.resolved.num_frames, trainer.resolved.height, trainer.resolved.width
     grid = family.token_grid(pipe, num_frames, height, width)
-    global_batch = args.batch_size * dist.world_size
+    global_batch = config.batch_size * dist.world_size
     batches_per_epoch = math.ceil(len(data.prompts) / global_batch)
     warned = set()
     watch = ZeroLossWatch()  # an eraser that learns nothing in the first trajectory is not saved
-    for epoch in range(args.num_epochs):
-        order = torch.randperm(len(data.prompts), generator=_generator(args.seed, epoch)).tolist()
+    for epoch in range(config.num_epochs):
+        order = torch.randperm(len(data.prompts), generator=_generator(config.seed, epoch)).tolist()
         for b in range(batches_per_epoch):
             here = (epoch, b)
             if resume and here < (resume["position"]["epoch"], resume["position"]["batch_index"]):
@@ -486,7 +506,7 @@ def _loop(trainer, data, output_dir, log, size, resume, global_step, writer, sto
                 # Every process needs prompts of its own: pad the epoch's last batch from its start, as
                 # PyTorch's DistributedSampler does. (One process never pads.)
                 global_idx += (order * global_batch)[: global_batch - len(global_idx)]
-            idx = dist.shard(global_idx, args.batch_size)
+            idx = dist.shard(global_idx, config.batch_size)
             batch = make_batch(data, idx, trainer.device, grid, global_idx)
             for i in idx:
                 if trainer.probe is not None and not data.found[i] and i not in warned:
@@ -494,11 +514,11 @@ def _loop(trainer, data, output_dir, log, size, resume, global_step, writer, sto
                     logger.warning("the concept's tokens do not occur in prompt %r: it trains without L_loc", data.prompts[i])
 
             # Draw the whole global batch's noise, so each prompt's trajectory is the same with any process count.
-            sampler = family.make_sampler(pipe, args.num_inference_steps, num_frames, height, width, trainer.device,
-                                          _generator(args.seed, epoch, b))
-            start_row = dist.rank * args.batch_size
+            sampler = family.make_sampler(pipe, config.num_inference_steps, num_frames, height, width, trainer.device,
+                                          _generator(config.seed, epoch, b))
+            start_row = dist.rank * config.batch_size
             x = sampler.initial_latents(len(global_idx))[start_row : start_row + len(idx)]
-            train_at = set(trained_step_indices(sampler.num_steps, args.train_timesteps, args.seed, epoch, b))
+            train_at = set(trained_step_indices(sampler.num_steps, config.train_timesteps, config.seed, epoch, b))
             first_step = 0
             if resume and here == (resume["position"]["epoch"], resume["position"]["batch_index"]):
                 first_step = resume["position"]["step_index"]
@@ -523,18 +543,18 @@ def _loop(trainer, data, output_dir, log, size, resume, global_step, writer, sto
                 if writer is not None:
                     for k, v in metrics.items():
                         writer.add_scalar(k, v, global_step)
-                if global_step % args.log_every == 0:
+                if global_step % config.log_every == 0:
                     logger.info(
                         "update %d  epoch %d  loss %.4g  unlearn %.4g  loc %s  preserve %s  |g| %.3g  %.2fs",
                         global_step, epoch, metrics["loss"], metrics["loss_unlearn"], _fmt(metrics.get("loss_loc")),
                         _fmt(metrics.get("loss_preserve")), metrics["grad_norm"], row["seconds"],
                     )
-                done = args.max_steps is not None and global_step >= args.max_steps
+                done = config.max_steps is not None and global_step >= config.max_steps
                 watch.observe(metrics["loss_unlearn"], global_step)
                 if done or stop.requested:
                     watch.finish(family, [data.prompts[j] for j in global_idx])
                 position = {"epoch": epoch, "batch_index": b, "step_index": i + 1, "global_step": global_step}
-                periodic = args.save_every and global_step % args.save_every == 0 and not watch.nothing_learned
+                periodic = config.save_every and global_step % config.save_every == 0 and not watch.nothing_learned
                 if periodic or stop.requested or done:
                     _save_checkpoint(trainer, output_dir, position, x, sampler)
                 if stop.requested or done:

@@ -92,16 +92,18 @@ def test_estimate_grows_with_size_and_shrinks_with_each_option():
 
 
 def test_fewest_checkpointed_blocks_is_the_smallest_count_that_fits():
-    from argparse import Namespace
+    from receler.config import ResolvedTraining, TrainConfig
 
     preset = PRESETS["cogvideox-2b"]
     family = get_family(preset.family)
     transformer = build_transformer(preset, torch.bfloat16, "meta")
-    args = Namespace(num_frames=49, height=480, width=720, batch_size=1, dtype="bfloat16", fp8_weights=False,
-                     eraser_rank=128, alpha=0.0)
+    config = TrainConfig(model_path="-", target_concept="x", output_dir="-", alpha=0.0)
+    resolved = ResolvedTraining(model_family="cogvideox", device="cuda", dtype="bfloat16", num_frames=49, height=480,
+                                width=720, checkpoint_blocks=0, beta=0.0, loss_target="ff", concept_words=("x",),
+                                prompts=("x",), preserve_prompts=None)
     shape = _shape("cogvideox-2b", 49)
     budget = estimate(shape, checkpoint_blocks=12)["peak"] + 1
-    count = fewest_checkpointed_blocks(family, transformer, args, budget)
+    count = fewest_checkpointed_blocks(family, transformer, resolved, config, budget)
     assert count == 12
     assert estimate(shape, checkpoint_blocks=count - 1)["peak"] > budget
 

@@ -231,7 +231,7 @@ def test_cli_embedding_on_tiny_model(tiny_cogvideox_dir, tmp_path):
     assert all(lo <= c["score"] <= hi for c in sidecar["concepts"])
 
     # The trainer reads the file as its --preserved_concepts_file.
-    from receler.train_unlearning_prompt_only import read_preserved_concepts
+    from receler.training import read_preserved_concepts
 
     assert read_preserved_concepts(tmp_path / "x.txt") == lines
 

@@ -5,6 +5,7 @@ Ctrl-C are handled without losing anything."""
 import json
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,14 +23,14 @@ PRESERVE = ["a photo of a dressed woman on the beach", "a dressed man in a park 
 SIZE = dict(num_frames=9, height=32, width=32)
 
 
-def make_trainer(family_name, *extra):
+def make_trainer(family_name, *extra, pipe=None):
     family = get_family(family_name)
-    pipe = build_tiny_pipeline(family_name, seed=0)
-    args = parse_args(["--model_path", "unused", "--target_concept", "nudity", "--output_dir", "unused",
-                       "--eraser_rank", "4", "--learning_rate", "1e-3", "--num_inference_steps", "4", *extra])
-    args.beta = 1.0 if args.beta is None else args.beta
+    pipe = pipe or build_tiny_pipeline(family_name, seed=0)
+    config = parse_args(["--model_path", "unused", "--target_concept", "nudity", "--output_dir", "unused",
+                         "--eraser_rank", "4", "--learning_rate", "1e-3", "--num_inference_steps", "4", *extra])
+    config = replace(config, beta=1.0 if config.beta is None else config.beta)
     data = encode_prompt_set(family, pipe, PROMPTS, PRESERVE, "nudity", "cpu")
-    trainer = EraserTrainer(family, pipe, args, "cpu")
+    trainer = EraserTrainer(family, pipe, config, "cpu")
     grid = family.token_grid(pipe, **SIZE)
     batch = make_batch(data, [0, 1], trainer.device, grid)
     sampler = family.make_sampler(pipe, 4, **SIZE, device="cpu", generator=torch.Generator().manual_seed(0))
@@ -77,6 +78,38 @@ def test_unlearning_loss_falls():
     x = sampler.initial_latents(2)
     losses = [trainer.update(sampler, x, 1, batch)[0]["loss_unlearn"] for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _hooks_on(model) -> list:
+    """Every hook (and replaced forward) left on ``model``'s modules, by module name."""
+    left = []
+    for name, module in model.named_modules():
+        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            if getattr(module, kind):
+                left.append((name, kind))
+        if "forward" in module.__dict__:
+            left.append((name, "forward"))
+    return left
+
+
+def test_trainers_and_an_attack_in_sequence_leave_no_hooks_behind():
+    """Each owner (trainer, attack) removes what it put on the model when it is done; no output (and no
+    autograd graph) stays held by a hook between calls."""
+    from receler.attack import attack_prompts
+
+    pipe = build_tiny_pipeline("cogvideox", seed=0)
+    transformer = pipe.transformer
+    for flags in ((), ("--gradient_checkpointing",), ("--loss_target", "ff_all")):
+        trainer, batch, sampler = make_trainer("cogvideox", *flags, pipe=pipe)
+        with trainer:
+            trainer.update(sampler, sampler.initial_latents(2), 1, batch)
+            assert all(c.value is None for c in trainer.outputs._captures.values()), "no output outlives its call"
+            assert _hooks_on(transformer), "the trainer's loss hook is on the model while it trains"
+        assert _hooks_on(transformer) == [], flags
+        assert not transformer.is_gradient_checkpointing
+    attack_prompts(get_family("cogvideox"), pipe, ["a photo of nudity"], num_tokens=2, steps=2, lr=1e-2,
+                   num_inference_steps=2, **SIZE)
+    assert _hooks_on(transformer) == []
 
 
 def _change_of_concept_render(family_name, model_dir, eraser_dir) -> float:
@@ -135,7 +168,7 @@ def test_auto_generated_preserved_concepts_feed_the_preservation_loss(tmp_path, 
     concepts = [c for c in concepts if c]
     assert len(concepts) == 3 and all("nudity" not in c for c in concepts)
     args = json.loads((out / "args.json").read_text())
-    assert args["beta"] == 1.0
+    assert args["beta"] is None and args["resolved"]["beta"] == 1.0  # as given, and as resolved
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all("loss_preserve" in r for r in rows) and rows[-1]["loss_preserve"] > 0
 

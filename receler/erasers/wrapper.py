@@ -91,11 +91,13 @@ class EraserLayout:
 
 
 def attach_erasers(transformer: nn.Module, layout: EraserLayout, eraser_rank: int, eraser_weight: float = 1.0,
-                   device=None) -> dict:
+                   device=None, fresh: bool = False) -> dict:
     """Wrap every block's attention with a fresh (zero) eraser; returns ``{module_name: AdapterEraser}``.
 
     Blocks that already carry an eraser keep it (only ``eraser_weight`` is updated), so calling this
-    twice is harmless. ``device`` moves the erasers (they stay float32).
+    twice is harmless; ``fresh=True`` replaces those erasers by new ones instead (a new training run on a
+    model that carries erasers starts exactly as on one that does not). ``device`` moves the erasers
+    (they stay float32).
     """
     erasers = {}
     for i, block in enumerate(layout.blocks(transformer)):
@@ -103,6 +105,9 @@ def attach_erasers(transformer: nn.Module, layout: EraserLayout, eraser_rank: in
         if not isinstance(attn, AttentionWithEraser):
             attn = layout.wrapper_class(attn, eraser_rank, eraser_weight)
             setattr(block, layout.attn_attr, attn)
+        elif fresh:
+            old_device = attn.adapter.down.weight.device
+            attn.adapter = AdapterEraser(attention_width(attn.attn), eraser_rank).to(old_device)
         attn.eraser_weight = eraser_weight
         if device is not None:
             attn.adapter.to(device)

@@ -43,6 +43,16 @@ def detect_family(model_path) -> ModelFamily:
     )
 
 
+def family_of_pipeline(pipe) -> ModelFamily:
+    """The family of an already loaded pipeline, from its class."""
+    pipeline_class = type(pipe).__name__
+    for family in all_families():
+        if pipeline_class in family.pipeline_classes:
+            return family
+    raise UserError(f"a {pipeline_class} is not a pipeline of any supported model family "
+                    f"({', '.join(f.display_name for f in all_families())})")
+
+
 def resolve_family(name: str, model_path) -> ModelFamily:
     """``--model_family auto`` reads the folder; an explicit name is taken as given."""
     return detect_family(model_path) if name == "auto" else get_family(name)

@@ -27,7 +27,9 @@ class ModelFamily:
     layout: EraserLayout = None          # where the erasers sit
     default_loss_target: str = "ff"      # "ff" (final block's feed-forward, video rows), "ff_all" or "velocity"
     loss_targets: tuple = ("ff", "ff_all", "velocity")
-    latent_layout: str = "BFCHW"         # or "BCFHW": where the frame axis sits in the latents
+    # Where the text keys sit in the attention of probe_modules(): "first" / "last" of a joint text + video
+    # sequence, or "cross" (the keys are the text alone).
+    attention_text_position: str = "cross"
     # Memory model (receler/estimate_memory.py): activations a block keeps for backward and the working memory
     # of one recomputed block, in units of tokens x width elements; fitted to H100 measurements (DESIGN.md §4).
     memory_saved_per_block: float = 14.5
@@ -169,12 +171,8 @@ class ModelFamily:
 
     # ------------------------------------------------------------------------------- localization
     def probe_modules(self, transformer) -> list:
-        """One module per eraser, in eraser order, whose call reveals the video->text attention."""
-        raise NotImplementedError
-
-    def concept_attention(self, module, args, kwargs, concept_positions: torch.Tensor, chunk_size: int) -> torch.Tensor:
-        """From a probe module's call arguments: for every video token, the attention mass (softmax over
-        all keys, averaged over heads) on the text positions marked in ``concept_positions`` [B, T]."""
+        """One attention module per eraser, in eraser order, whose call attends video queries over the text:
+        the concept attention is read from the query and key it hands to scaled_dot_product_attention."""
         raise NotImplementedError
 
     def token_grid(self, transformer, num_frames: int, height: int, width: int) -> tuple:

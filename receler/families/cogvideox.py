@@ -10,12 +10,9 @@
 - Localization reads the joint attention of video queries over text keys, after the q/k norms and rotary.
 """
 
-import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline
-from diffusers.models.embeddings import apply_rotary_emb
 
 from ..erasers.wrapper import AttentionWithEraser, EraserLayout
-from ..localization import concept_attention_chunked
 from ..sampling import Sampler
 from .base import ModelFamily
 
@@ -81,8 +78,8 @@ class CogVideoXFamily(ModelFamily):
     display_name = "CogVideoX"
     pipeline_classes = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline")
     layout = LAYOUT
+    attention_text_position = "first"
     default_loss_target = "ff"
-    latent_layout = "BFCHW"
 
     def pipeline_class(self):
         return CogVideoXPipeline
@@ -134,27 +131,6 @@ class CogVideoXFamily(ModelFamily):
 
     def probe_modules(self, transformer):
         return [self.layout.attention(block) for block in transformer.transformer_blocks]
-
-    def concept_attention(self, attn, args, kwargs, concept_positions, chunk_size):
-        video = kwargs["hidden_states"]
-        text = kwargs["encoder_hidden_states"]
-        rotary = kwargs.get("image_rotary_emb")
-        text_len = text.shape[1]
-        joint = torch.cat([text, video], dim=1)
-        batch, heads = joint.shape[0], attn.heads
-        query = attn.to_q(joint).view(batch, -1, heads, attn.to_q.out_features // heads).transpose(1, 2)
-        key = attn.to_k(joint).view(batch, -1, heads, attn.to_k.out_features // heads).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        query = query[:, :, text_len:]
-        if rotary is not None:
-            query = apply_rotary_emb(query, rotary)
-            key = torch.cat([key[:, :, :text_len], apply_rotary_emb(key[:, :, text_len:], rotary)], dim=2)
-        concept_keys = torch.zeros(batch, joint.shape[1], dtype=torch.bool, device=joint.device)
-        concept_keys[:, :text_len] = concept_positions.to(joint.device)
-        return concept_attention_chunked(query, key, concept_keys, chunk_size=chunk_size)
 
     def token_grid(self, pipe, num_frames, height, width):
         config = pipe.transformer.config

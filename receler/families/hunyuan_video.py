@@ -22,11 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import HunyuanVideoPipeline
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
 from ..erasers.wrapper import AttentionWithEraser, EraserLayout
-from ..localization import concept_attention_chunked
 from ..sampling import Sampler
 from .base import ModelFamily
 
@@ -131,8 +129,8 @@ class HunyuanVideoFamily(ModelFamily):
     display_name = "HunyuanVideo"
     pipeline_classes = ("HunyuanVideoPipeline",)
     layout = LAYOUT
+    attention_text_position = "last"
     default_loss_target = "velocity"
-    latent_layout = "BCFHW"
 
     def pipeline_class(self):
         return HunyuanVideoPipeline
@@ -230,31 +228,6 @@ class HunyuanVideoFamily(ModelFamily):
 
     def probe_modules(self, transformer):
         return [self.layout.attention(block) for block in transformer.single_transformer_blocks]
-
-    def concept_attention(self, attn, args, kwargs, concept_positions, chunk_size):
-        video = kwargs["hidden_states"]
-        text = kwargs["encoder_hidden_states"]
-        rotary = kwargs.get("image_rotary_emb")
-        num_video = video.shape[1]
-        joint = torch.cat([video, text], dim=1)
-        query = attn.to_q(joint).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(joint).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        query = query[:, :num_video]
-        if rotary is not None:
-            query = apply_rotary_emb(query, rotary, sequence_dim=1)
-            key = torch.cat([apply_rotary_emb(key[:, :num_video], rotary, sequence_dim=1), key[:, num_video:]], dim=1)
-        batch = joint.shape[0]
-        concept_keys = torch.zeros(batch, joint.shape[1], dtype=torch.bool, device=joint.device)
-        concept_keys[:, num_video:] = concept_positions.to(joint.device)
-        mask = kwargs.get("attention_mask")
-        key_mask = None if mask is None else mask.reshape(batch, -1)[:, -joint.shape[1]:].bool()
-        return concept_attention_chunked(
-            query.transpose(1, 2), key.transpose(1, 2), concept_keys, key_mask=key_mask, chunk_size=chunk_size
-        )
 
     def token_grid(self, pipe, num_frames, height, width):
         config = pipe.transformer.config

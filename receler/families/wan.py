@@ -13,7 +13,6 @@ from diffusers import WanPipeline
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ..erasers.wrapper import AttentionWithEraser, EraserLayout
-from ..localization import concept_attention_chunked
 from ..sampling import Sampler
 from .base import ModelFamily
 
@@ -60,8 +59,8 @@ class WanFamily(ModelFamily):
     display_name = "Wan"
     pipeline_classes = ("WanPipeline",)
     layout = LAYOUT
+    attention_text_position = "cross"
     default_loss_target = "ff"
-    latent_layout = "BCFHW"
     # Wan's blocks keep float32 copies around their norms and modulation: more working memory per token
     # (fitted to the 1.3B and 14B checkpointed measurements; the saved figure is extrapolated, unmeasured).
     memory_saved_per_block = 35.0
@@ -104,13 +103,6 @@ class WanFamily(ModelFamily):
 
     def probe_modules(self, transformer):
         return [block.attn2 for block in transformer.blocks]
-
-    def concept_attention(self, attn, args, kwargs, concept_positions, chunk_size):
-        video = kwargs.get("hidden_states", args[0] if args else None)
-        text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-        query = attn.norm_q(attn.to_q(video)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        key = attn.norm_k(attn.to_k(text)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        return concept_attention_chunked(query, key, concept_positions.to(video.device), chunk_size=chunk_size)
 
     def token_grid(self, pipe, num_frames, height, width):
         p_t, p_h, p_w = pipe.transformer.config.patch_size

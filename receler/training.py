@@ -1,0 +1,220 @@
+"""Train an eraser from a :class:`~receler.config.TrainConfig`: the library entry point, :func:`train`.
+
+    from receler.config import TrainConfig
+    from receler.training import train
+
+    result = train(TrainConfig(model_path="models/world-cogvideox", target_concept="red",
+                               prompts_file="prompts.csv", output_dir="runs/erase_red"))
+
+The steps, in order: read the prompts and settle the preserve prompts (before any model loads, so a bad
+file fails fast); load the transformer and text encoders; encode every prompt once and release the text
+encoders; resolve what the config leaves open (dtype, video size, checkpointed blocks, ...) into a
+:class:`~receler.config.ResolvedTraining`, logged and saved to ``args.json``; then the training loop
+(:func:`receler.trainer.run_training`), which writes the eraser folder.
+"""
+
+import gc
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ResolvedTraining, TrainConfig
+from .devices import dtype_name, resolve_dtype
+from .distributed import Distributed
+from .errors import UserError
+from .families import family_of_pipeline, resolve_family
+from .io_utils import atomic_write_json, read_lines
+from .prompts import load_prompts
+from .trainer import EraserTrainer, encode_prompt_set, run_training
+
+logger = logging.getLogger("receler.train")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: where the eraser is, how many updates ran and why it stopped, what it resolved."""
+
+    output_dir: Path
+    updates: int
+    stopped: str            # "finished", "max_steps" or "interrupted"
+    resolved: ResolvedTraining
+    pipe: object = None     # the pipeline whose transformer now carries the trained erasers
+
+    @property
+    def summary(self) -> dict:
+        return {"updates": self.updates, "stopped": self.stopped}
+
+
+def train(config: TrainConfig, pipe=None) -> TrainResult:
+    """Train an eraser as ``config`` says and write the eraser folder to ``config.output_dir``.
+
+    ``pipe``: an already loaded pipeline to train on instead of loading ``config.model_path`` (its
+    transformer receives fresh erasers, which hold the trained weights afterwards; its text encoders are
+    kept). Raises :class:`~receler.errors.UserError` for anything the user can fix.
+    """
+    family = family_of_pipeline(pipe) if pipe is not None else resolve_family(config.model_family, config.model_path)
+    if config.num_frames is not None:
+        family.check_frames(config.num_frames)
+    prompts, given = read_training_prompts(config)
+    if not config.auto_generate_preserved:  # check the prompt files now, before any model loads
+        choose_preserve_prompts(config, prompts, given, read_preserved_concepts(config.preserved_concepts_file))
+    dist = Distributed(config.device)
+    device = dist.device
+    dtype = resolve_dtype(config.dtype, device) if pipe is None else pipe.transformer.dtype
+    logger.info("%s model, %d prompts, device %s, %s backbone%s", family.display_name, len(prompts), device,
+                dtype_name(dtype), f", process {dist.rank + 1} of {dist.world_size}" if dist.enabled else "")
+    output_dir = Path(config.output_dir)
+    if dist.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    pipe, data, beta = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir, dist.is_main, pipe)
+    resolved = resolve_training(config, family, pipe, device, beta=beta, prompts=prompts,
+                                preserve_prompts=data.preserve_prompts, world_size=dist.world_size)
+    logger.info("resolved settings: %s", json.dumps({k: v for k, v in resolved.to_dict().items()
+                                                      if k not in ("prompts", "preserve_prompts")}))
+    if dist.is_main:
+        atomic_write_json(output_dir / "args.json", {**config.to_dict(), "resolved": resolved.to_dict()})
+    dist.barrier()
+
+    with EraserTrainer(family, pipe, config, device, dist, resolved=resolved) as trainer:
+        summary = run_training(trainer, data, output_dir)
+    return TrainResult(output_dir, summary["updates"], summary["stopped"], resolved, pipe)
+
+
+# ----------------------------------------------------------------------------------------- prompts
+
+
+def read_training_prompts(config: TrainConfig) -> tuple:
+    """``(prompts, preserve prompts given by the file or None per row)``."""
+    if config.prompts_file is None:
+        logger.info("no --prompts_file: training on the concept itself (%r)", config.target_concept)
+        return [config.target_concept], [None]
+    table = load_prompts(config.prompts_file)
+    return [r.prompt for r in table.rows], [r.preserve_prompt for r in table.rows]
+
+
+def read_preserved_concepts(path) -> list:
+    """``--preserved_concepts_file``: one concept per line (blank lines and ``#`` comments skipped)."""
+    if path is None:
+        return []
+    return read_lines(path, what="preserved concepts file", flag="--preserved_concepts_file", item="concept")
+
+
+def build_preserve_prompts(prompts, given, concept, preserved) -> list | None:
+    """A preserve prompt per training prompt: the file's own, else the prompt with a preserved concept in
+    place of the target concept (or the preserved concept alone). None when there is nothing to preserve."""
+    if all(p is None for p in given) and not preserved:
+        return None
+    out = []
+    for i, (prompt, pre) in enumerate(zip(prompts, given)):
+        if pre:
+            out.append(pre)
+        elif preserved:
+            substitute = preserved[i % len(preserved)]
+            pattern = re.compile(re.escape(concept), re.IGNORECASE)
+            out.append(pattern.sub(substitute, prompt) if pattern.search(prompt) else substitute)
+        else:
+            raise UserError(
+                f"prompt {i + 1} ({prompt!r}) has no preserve prompt while others do; give every row a "
+                f"preserve_prompt, or pass --preserved_concepts_file to fill the gaps, or --beta 0."
+            )
+    return out
+
+
+def choose_preserve_prompts(config: TrainConfig, prompts, given, preserved) -> tuple:
+    """``(preserve prompts or None when preservation is off, beta)``: ``--beta`` defaults to 1.0 when there
+    are preserve prompts, else 0."""
+    preserve = build_preserve_prompts(prompts, given, config.target_concept, preserved)
+    beta = config.beta if config.beta is not None else (1.0 if preserve else 0.0)
+    if beta > 0 and preserve is None:
+        raise UserError("--beta > 0 needs preserve prompts: a 'preserve_prompt' column, --preserved_concepts_file "
+                        "or --auto_generate_preserved")
+    return (preserve if beta > 0 else None), beta
+
+
+def auto_preserved_concepts(config: TrainConfig, family, pipe, device, output_dir, is_main) -> list:
+    """``--auto_generate_preserved``: pick concepts near the target with the model's own text encoder."""
+    from .preserved_concepts import generate_preserved_concepts, write_preserved_concepts
+
+    result = generate_preserved_concepts(config.target_concept, config.num_preserved_concepts, pipe=pipe,
+                                         family=family, device=device)
+    if is_main:
+        write_preserved_concepts(result, Path(output_dir) / "preserved_concepts.txt")
+    logger.info("preserving %d concepts chosen by the text encoder: %s", len(result.names), ", ".join(result.names))
+    return result.names
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given, output_dir, is_main, pipe=None):
+    """Load the transformer and text encoder (unless ``pipe`` is given), choose the preserve prompts, encode
+    every prompt once, then release the text encoder (only from a pipeline loaded here). Returns
+    ``(pipe, prompt set, beta)``."""
+    loaded_here = pipe is None
+    if loaded_here:
+        pipe = family.load_pipeline(config.model_path, dtype=dtype, with_vae=False)
+    if config.scheduler:
+        family.set_scheduler(pipe, config.scheduler)
+    encode_device = torch.device("cpu") if config.use_cpu_offload else device
+    for name in family.text_encoder_names():
+        getattr(pipe, name).to(encode_device)
+    preserved = read_preserved_concepts(config.preserved_concepts_file)
+    if config.auto_generate_preserved and not preserved:
+        preserved = auto_preserved_concepts(config, family, pipe, encode_device, output_dir, is_main)
+    preserve, beta = choose_preserve_prompts(config, prompts, given, preserved)
+    data = encode_prompt_set(family, pipe, prompts, preserve, config.concept_word_list, encode_device,
+                             soft_tokens=config.adv_num_tokens if config.adversarial else 0)
+    if loaded_here:
+        for name in family.text_encoder_names():
+            setattr(pipe, name, None)  # training never needs the text encoder again
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    pipe.transformer.to(device)
+    return pipe, data, beta
+
+
+def resolve_training(config: TrainConfig, family, pipe, device, beta=None, prompts=(), preserve_prompts=None,
+                     world_size: int = 1) -> ResolvedTraining:
+    """What ``config`` leaves open, for this model and device: the video size (the model's own where the
+    config gives none, checked), the blocks to checkpoint, ``beta``'s default, the loss target."""
+    device = torch.device(device)
+    default_frames, default_height, default_width = family.default_video_size(pipe)
+    frames = config.num_frames or default_frames
+    height, width = config.height or default_height, config.width or default_width
+    family.check_frames(frames)
+    family.check_size(height, width)
+    beta = beta if beta is not None else (config.beta if config.beta is not None else 0.0)
+    resolved = ResolvedTraining(
+        model_family=family.name, device=str(device), dtype=dtype_name(pipe.transformer.dtype),
+        num_frames=frames, height=height, width=width, checkpoint_blocks=0, beta=beta,
+        loss_target=config.loss_target or family.default_loss_target,
+        concept_words=tuple(config.concept_word_list), prompts=tuple(prompts),
+        preserve_prompts=None if preserve_prompts is None else tuple(preserve_prompts), world_size=world_size,
+    )
+    blocks = checkpoint_block_count(config, family, pipe, device, resolved)
+    return ResolvedTraining(**{**resolved.__dict__, "checkpoint_blocks": blocks})
+
+
+def checkpoint_block_count(config: TrainConfig, family, pipe, device, resolved) -> int:
+    """``--gradient_checkpointing``: every block; a number: that many; ``auto``: none on a CPU, and on a GPU
+    the fewest that fit its free memory by the memory estimator."""
+    total = len(family.block_modules(pipe.transformer))
+    if config.gradient_checkpointing:
+        return total
+    if config.checkpoint_blocks != "auto":
+        return min(int(config.checkpoint_blocks), total)
+    if device.type != "cuda":
+        return 0
+    from .estimate_memory import fewest_checkpointed_blocks
+
+    free, _ = torch.cuda.mem_get_info(device)
+    count = fewest_checkpointed_blocks(family, pipe.transformer, resolved, config, budget_bytes=0.9 * free)
+    logger.info("--checkpoint_blocks auto: checkpointing %d of %d blocks to fit %.1f GiB free", count, total,
+                free / 2**30)
+    return count
