@@ -119,9 +119,24 @@ class TrainConfig:
     trajectory: str = option("erased", group=VIDEO, choices=("erased", "frozen"),
                              help="which model's prediction advances the latents: the one being trained "
                              "(ESD/Receler) or the frozen one")
+    start_guidance: float = option(1.0, group=VIDEO,
+                                   help="classifier-free guidance of the training trajectory (ESD and Receler sample "
+                                   "it at 3): the latents advance with uncond + G (cond - uncond) of the model the "
+                                   "trajectory follows, one more no-grad pass per step when G != 1; 1 = no guidance")
 
     # -- loss
-    eta: float = option(7.0, group=LOSS, help="negative guidance strength in v_neg = o_0 - eta (o_c - o_0)")
+    eta: float = option(7.0, group=LOSS,
+                        help="negative guidance strength in the unlearning target o_b - eta (o_c - o_b), where the base "
+                        "o_b is the empty prompt's output o_0 (or, with an anchor, see --anchor_weight)")
+    anchor_prompt: str | None = option(None, group=LOSS,
+                                       help="what the concept should turn into: a prompt (e.g. 'a person' for a "
+                                       "celebrity) whose frozen output replaces the empty prompt's as the base of the "
+                                       "unlearning target; a CSV column 'anchor_prompt' gives one per row and wins. "
+                                       "Default: none (plain negative guidance)")
+    anchor_weight: float = option(1.0, group=LOSS,
+                                  help="with an anchor, the base of the unlearning target is o_b = w o_anchor + (1 - w) "
+                                  "o_0: 1 = the anchor alone (with --eta 0: concept ablation, the concept maps to the "
+                                  "anchor), 0 = plain negative guidance")
     alpha: float = option(1.0, group=LOSS, help="weight of the localization loss (0 turns it off)")
     beta: float | None = option(None, group=LOSS,
                                 help="weight of the preservation loss; default 1.0 when preserve prompts exist, else 0")
@@ -130,8 +145,20 @@ class TrainConfig:
                                      "rows (ff), on all rows (ff_all), or the transformer's prediction (velocity). "
                                      "Default: the family's (ff for CogVideoX)")
     mask_threshold: float = option(0.1, group=LOSS,
-                                   help="threshold on the per-frame min-max normalised concept attention for the "
+                                   help="threshold on the min-max normalised concept attention for the "
                                    "localization mask")
+    mask_mode: str = option("per_layer", group=LOSS, choices=("per_layer", "average"),
+                            help="per_layer: each eraser's mask from its own layer's concept attention; average: "
+                            "the attention averaged over layers, normalised and thresholded once, one mask for every "
+                            "eraser (Receler's reference code)")
+    mask_normalize: str = option("frame", group=LOSS, choices=("frame", "video"),
+                                 help="min-max normalise the concept attention per latent frame (every frame gets a "
+                                 "concept region) or over the whole video (frames where the concept is weak stay out)")
+    mask_fallback: str = option("concept", group=LOSS, choices=("concept", "none"),
+                                help="a prompt whose tokens do not contain the concept: take its mask from the frozen "
+                                "model's attention on the bare concept prompt (--target_concept) at the same latents "
+                                "(concept), so every prompt trains with the localization loss, or train it without "
+                                "(none)")
     mask_chunk_size: int | None = option(None, group=LOSS,
                                          help="video queries per chunk when reading concept attention (default: "
                                          "sized to ~256 MB)")
@@ -183,7 +210,14 @@ class TrainConfig:
                 raise UserError(f"--train_timesteps must be 'all' or a positive integer (got {self.train_timesteps!r})") from None
         if not self.target_concept.strip():
             raise UserError("--target_concept is empty; name the concept to erase as it appears in the prompts")
-        for name in ("dtype", "model_family", "scheduler", "trajectory", "loss_target"):
+        if self.start_guidance < 1.0:
+            raise UserError(f"--start_guidance must be at least 1 (1 = no guidance; got {self.start_guidance})")
+        if not 0.0 <= self.anchor_weight <= 1.0:
+            raise UserError(f"--anchor_weight must be in [0, 1] (got {self.anchor_weight})")
+        if self.anchor_prompt is not None and not self.anchor_prompt.strip():
+            raise UserError("--anchor_prompt is empty; give the prompt the concept should turn into, or leave it out")
+        for name in ("dtype", "model_family", "scheduler", "trajectory", "loss_target", "mask_mode",
+                     "mask_normalize", "mask_fallback"):
             allowed = _field(name).metadata["choices"]
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise UserError(f"--{name} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
@@ -221,10 +255,11 @@ class ResolvedTraining:
     prompts: tuple
     preserve_prompts: tuple | None
     world_size: int = 1
+    anchor_prompts: tuple | None = None  # per prompt (--anchor_prompt or the file's anchor_prompt column)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        for key in ("concept_words", "prompts", "preserve_prompts"):
+        for key in ("concept_words", "prompts", "preserve_prompts", "anchor_prompts"):
             out[key] = None if out[key] is None else list(out[key])
         return out
 

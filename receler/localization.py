@@ -91,14 +91,28 @@ def concept_attention_chunked(query, key, concept_keys, key_mask=None, chunk_siz
     return torch.cat(out, dim=1)
 
 
-def masks_from_attention(attention: torch.Tensor, grid: tuple, threshold: float) -> torch.Tensor:
-    """Binary concept masks ``[B, N]`` from attention ``[B, N]``: min-max per latent frame, then ``> threshold``."""
+def masks_from_attention(attention: torch.Tensor, grid: tuple, threshold: float, normalize: str = "frame") -> torch.Tensor:
+    """Binary concept masks ``[B, N]`` from attention ``[B, N]``: min-max normalised per latent frame
+    (``normalize="frame"``) or over the whole video (``"video"``), then ``> threshold``."""
     frames, rows, cols = grid
-    per_frame = attention.float().reshape(attention.shape[0], frames, rows * cols)
-    low = per_frame.amin(dim=-1, keepdim=True)
-    high = per_frame.amax(dim=-1, keepdim=True)
-    normalised = (per_frame - low) / (high - low).clamp_min(1e-12)
+    if normalize not in ("frame", "video"):
+        raise ValueError(f"normalize must be 'frame' or 'video', got {normalize!r}")
+    groups = frames if normalize == "frame" else 1
+    grouped = attention.float().reshape(attention.shape[0], groups, -1)
+    low = grouped.amin(dim=-1, keepdim=True)
+    high = grouped.amax(dim=-1, keepdim=True)
+    normalised = (grouped - low) / (high - low).clamp_min(1e-12)
     return (normalised > threshold).reshape(attention.shape[0], -1)
+
+
+def layer_masks(attention: list, grid: tuple, threshold: float, mode: str = "per_layer", normalize: str = "frame") -> list:
+    """One mask ``[B, N]`` per layer from each layer's attention ``[B, N]`` (``per_layer``), or the mask of the
+    attention averaged over layers, the same for every layer (``average``)."""
+    if mode == "average":
+        return [masks_from_attention(torch.stack(attention).mean(dim=0), grid, threshold, normalize)] * len(attention)
+    if mode != "per_layer":
+        raise ValueError(f"mode must be 'per_layer' or 'average', got {mode!r}")
+    return [masks_from_attention(a, grid, threshold, normalize) for a in attention]
 
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -173,7 +187,9 @@ class ConceptAttentionProbe:
                 stack.callback(module.__dict__.pop, "forward", None)
             yield self
 
-    def masks(self, grid: tuple, threshold: float) -> list:
+    def masks(self, grid: tuple, threshold: float, mode: str = "per_layer", normalize: str = "frame") -> list:
+        """One mask ``[B, N]`` per eraser: from each layer's own attention (``per_layer``), or the same mask for
+        every eraser from the attention averaged over layers (``average``)."""
         missing = [i for i in range(len(self.modules)) if i not in self.maps]
         if missing:
             raise RuntimeError(
@@ -181,7 +197,7 @@ class ConceptAttentionProbe:
                 f"torch's scaled_dot_product_attention (a non-native diffusers attention backend?). Train with "
                 f"the native backend or --alpha 0."
             )
-        return [masks_from_attention(self.maps[i], grid, threshold) for i in range(len(self.modules))]
+        return layer_masks([self.maps[i] for i in range(len(self.modules))], grid, threshold, mode, normalize)
 
 
 class EraserOutputCapture:

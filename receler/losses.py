@@ -18,8 +18,16 @@ from torch import nn
 
 
 def negative_guidance_target(o_concept: torch.Tensor, o_empty: torch.Tensor, eta: float) -> torch.Tensor:
-    """Push away from the concept: the unconditional output moved by ``eta`` against the concept direction."""
+    """Push away from the concept: the unconditional output moved by ``eta`` against the concept direction.
+
+    With an anchor, ``o_empty`` is the base of :func:`anchored_base` instead: the anchor's output moved away from
+    the concept (``eta = 0``: the anchor's output itself, concept ablation)."""
     return o_empty - eta * (o_concept - o_empty)
+
+
+def anchored_base(o_anchor: torch.Tensor, o_empty: torch.Tensor, weight: float) -> torch.Tensor:
+    """The base of the unlearning target with an anchor prompt: ``w o_anchor + (1 - w) o_empty``."""
+    return weight * o_anchor + (1.0 - weight) * o_empty
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -32,7 +32,7 @@ from .io_utils import atomic_write, atomic_write_text
 from .learning_checks import ZeroLossWatch, check_prompts_reach_model
 from .loss_target import LossTarget
 from .localization import ConceptAttentionProbe, EraserOutputCapture, concept_positions_mask
-from .losses import localization_loss, negative_guidance_target, preserve_loss, unlearn_loss
+from .losses import anchored_base, localization_loss, negative_guidance_target, preserve_loss, unlearn_loss
 from .plots import plot_train_log, read_train_log
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,14 @@ class PromptSet:
     positions: torch.Tensor  # [P, T] bool: the concept's text positions in each prompt
     found: torch.Tensor      # [P] bool: whether the concept's tokens occur in the prompt
     soft_positions: torch.Tensor | None = None  # [P, K]: where adversarial soft tokens go (--adversarial)
+    cond_anchor: list | None = None             # per prompt: the anchor's conditioning (--anchor_prompt)
+    cond_concept: dict | None = None            # the bare concept prompt, whose attention masks prompts
+    concept_positions: torch.Tensor | None = None  # [1, T]: ... that lack the concept's tokens (--mask_fallback)
+
+    @property
+    def localizable(self) -> torch.Tensor:
+        """[P] bool: prompts that train with the localization loss (own tokens, or the concept prompt's mask)."""
+        return self.found | (self.cond_concept is not None)
 
 
 def stack_cond(conds: list, device) -> dict:
@@ -66,11 +74,13 @@ def stack_cond(conds: list, device) -> dict:
 
 
 def encode_prompt_set(family, pipe, prompts, preserve_prompts, concept_words, device, batch_size=8,
-                      soft_tokens: int = 0) -> PromptSet:
-    """Encode the concept prompts, the preserve prompts and "" once, on ``device``, and keep them on CPU.
+                      soft_tokens: int = 0, anchor_prompts=None, concept_prompt: str | None = None) -> PromptSet:
+    """Encode the concept prompts, the preserve prompts, the anchors and "" once, on ``device``, and keep them on
+    CPU.
 
     ``concept_words`` is the concept (or a list of words that mark it, e.g. ``["naked", "nude"]``) whose
-    tokens the localization mask follows.
+    tokens the localization mask follows. ``concept_prompt`` (the bare concept, ``--mask_fallback concept``)
+    is encoded too when some prompt lacks those tokens: its attention masks those prompts.
     """
 
     def encode(texts):
@@ -87,29 +97,52 @@ def encode_prompt_set(family, pipe, prompts, preserve_prompts, concept_words, de
         cond_empty = encode([""])[0]
     check_prompts_reach_model(family, pipe, prompts, cond, cond_empty, "train")
     words = [concept_words] if isinstance(concept_words, str) else list(concept_words)
-    masks = [concept_positions_mask(family, pipe, prompts, w) for w in words]
-    positions = torch.stack([m[0] for m in masks]).any(dim=0)
-    found = torch.stack([m[1] for m in masks]).any(dim=0)
+
+    def locate(texts):
+        masks = [concept_positions_mask(family, pipe, texts, w) for w in words]
+        return torch.stack([m[0] for m in masks]).any(dim=0), torch.stack([m[1] for m in masks]).any(dim=0)
+
+    positions, found = locate(prompts)
     soft = padding_positions(family, pipe, prompts, soft_tokens) if soft_tokens else None
-    return PromptSet(list(prompts), preserve_prompts, cond, cond_pre, cond_empty, positions, found, soft)
+    with torch.no_grad():
+        cond_anchor = encode(list(anchor_prompts)) if anchor_prompts else None
+    cond_concept = concept_positions = None
+    if concept_prompt is not None and not found.all():
+        concept_positions, concept_found = locate([concept_prompt])
+        if concept_found.all():
+            with torch.no_grad():
+                cond_concept = encode([concept_prompt])[0]
+            logger.info("%d of %d prompts lack the concept's tokens: their localization masks come from the "
+                        "attention on %r", int((~found).sum()), len(prompts), concept_prompt)
+        else:
+            concept_positions = None
+            logger.warning("the concept prompt %r holds none of the concept words %s: prompts without them train "
+                           "without L_loc", concept_prompt, words)
+    return PromptSet(list(prompts), preserve_prompts, cond, cond_pre, cond_empty, positions, found, soft,
+                     cond_anchor, cond_concept, concept_positions)
 
 
 def make_batch(data: PromptSet, idx: list, device, grid, global_idx: list | None = None) -> dict:
     """The tensors of one (per-process) batch, with per-prompt loss weights normalised by the global batch."""
     global_idx = idx if global_idx is None else global_idx
-    found_global = data.found[global_idx]
+    localizable = data.localizable
+    localizable_global = localizable[global_idx]
     n = len(idx)
     return {
         "cond": stack_cond([data.cond[i] for i in idx], device),
         "cond_preserve": stack_cond([data.cond_preserve[i] for i in idx], device) if data.cond_preserve else None,
         "cond_empty": stack_cond([data.cond_empty] * n, device),
+        "cond_anchor": stack_cond([data.cond_anchor[i] for i in idx], device) if data.cond_anchor else None,
+        "cond_concept": stack_cond([data.cond_concept] * n, device) if data.cond_concept is not None else None,
+        "concept_positions": None if data.concept_positions is None else data.concept_positions.expand(n, -1),
         "positions": data.positions[idx],
         "found": data.found[idx],
-        "localize": bool(found_global.any()),
+        "localizable": localizable[idx],
+        "localize": bool(localizable_global.any()),
         "soft_positions": None if data.soft_positions is None else data.soft_positions[idx],
         # sum over the global batch of (weight x per-prompt loss) is the batch mean
         "weight": torch.full((n,), 1.0 / len(global_idx), device=device),
-        "loc_weight": data.found[idx].float().to(device) / max(1, int(found_global.sum())),
+        "loc_weight": localizable[idx].float().to(device) / max(1, int(localizable_global.sum())),
         "grid": grid,
     }
 
@@ -250,7 +283,11 @@ class EraserTrainer:
         """
         config, beta = self.config, self.resolved.beta
         localize = self.probe is not None and batch["localize"]
-        local_loc = localize and bool(batch["found"].any())
+        local_loc = localize and bool(batch["localizable"].any())
+        own_masks = local_loc and bool(batch["found"].any())  # some prompts hold the concept's tokens
+        borrowed_masks = local_loc and batch["cond_concept"] is not None and not bool(batch["found"].all())
+        anchored = batch["cond_anchor"] is not None and config.anchor_weight > 0
+        guided = config.start_guidance != 1.0
         metrics = {"loss_unlearn": 0.0}
         if localize:
             metrics["loss_loc"] = 0.0
@@ -262,15 +299,30 @@ class EraserTrainer:
         # 1. Targets from the frozen model (erasers off, no graph). Run first: with gradient checkpointing
         #    the erasers must be in the same state during backward as in the forward being recomputed.
         with torch.no_grad(), erasers_disabled(self.frozen):
-            with self.probe.capture(batch["positions"]) if local_loc else nullcontext():
+            with self.probe.capture(batch["positions"]) if own_masks else nullcontext():
                 pred_frozen, o_c = self.forward(self.frozen, sampler, x, index, batch["cond"])
-            _, o_0 = self.forward(self.frozen, sampler, x, index, batch["cond_empty"])
+            masks = self._masks(batch) if own_masks else None
+            if borrowed_masks:  # prompts without the concept's tokens: the bare concept prompt's attention
+                with self.probe.capture(batch["concept_positions"]):
+                    self.forward(self.frozen, sampler, x, index, batch["cond_concept"])
+                found = batch["found"].to(self.device)[:, None]
+                borrowed = self._masks(batch)
+                masks = borrowed if masks is None else [torch.where(found, m, b) for m, b in zip(masks, borrowed)]
+            o_0 = pred_frozen_empty = None
+            if not anchored or config.anchor_weight < 1 or (guided and config.trajectory == "frozen"):
+                pred_frozen_empty, o_0 = self.forward(self.frozen, sampler, x, index, batch["cond_empty"])
+            base = o_0
+            if anchored:  # the base of the target moves from the empty prompt to the anchor
+                o_a = self.forward(self.frozen, sampler, x, index, batch["cond_anchor"])[1]
+                base = o_a if config.anchor_weight == 1 else anchored_base(o_a.float(), o_0.float(), config.anchor_weight)
             o_pre = None
             if "loss_preserve" in metrics:
                 o_pre = self.forward(self.frozen, sampler, x, index, batch["cond_preserve"])[1]
-            masks = self.probe.masks(batch["grid"], config.mask_threshold) if local_loc else None
-            v_neg = negative_guidance_target(o_c.float(), o_0.float(), config.eta)
-        del o_0
+            v_neg = negative_guidance_target(o_c.float(), base.float(), config.eta)
+        del o_0, base
+        pred_erased_empty = None
+        if guided and config.trajectory == "erased":  # the trajectory's unconditional half, before the erasers move
+            pred_erased_empty = self._erased_empty(sampler, x, index, batch)
 
         # 1b. --adversarial: refresh the soft prompt against the current eraser (it pulls the erased model's
         #     prediction on the attacked prompt back to the frozen model's prediction on the concept prompt).
@@ -285,7 +337,7 @@ class EraserTrainer:
         loss = (unlearn_loss(o_erased, v_neg, reduction="none") * batch["weight"]).sum()
         metrics["loss_unlearn"] = loss.detach()
         if local_loc:
-            per_prompt = localization_loss(captured.ordered(), masks, batch["found"], reduction="none")
+            per_prompt = localization_loss(captured.ordered(), masks, batch["localizable"], reduction="none")
             loss_loc = (per_prompt * batch["loc_weight"]).sum()
             metrics["loss_loc"] = loss_loc.detach()
             loss = loss + config.alpha * loss_loc
@@ -324,8 +376,25 @@ class EraserTrainer:
                            + beta * metrics.get("loss_preserve", 0.0)
                            + config.adv_weight * metrics.get("loss_adversarial", 0.0))
         metrics.update(grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"])
-        advance = pred_frozen if config.trajectory == "frozen" else pred.detach()
+        if config.trajectory == "frozen":
+            advance = self._guided(pred_frozen, pred_frozen_empty)
+        else:
+            advance = self._guided(pred.detach(), pred_erased_empty)
         return metrics, advance
+
+    def _masks(self, batch) -> list:
+        return self.probe.masks(batch["grid"], self.config.mask_threshold, self.config.mask_mode,
+                                self.config.mask_normalize)
+
+    def _guided(self, pred_cond, pred_uncond):
+        """The trajectory's prediction at ``--start_guidance`` G: uncond + G (cond - uncond) (G = 1: cond)."""
+        if self.config.start_guidance == 1.0:
+            return pred_cond
+        return pred_uncond + self.config.start_guidance * (pred_cond - pred_uncond)
+
+    @torch.no_grad()
+    def _erased_empty(self, sampler, x, index, batch):
+        return self.forward(self.transformer, sampler, x, index, batch["cond_empty"])[0]
 
     def _check_finite(self, value, what):
         # With several processes only the gradient norm (identical everywhere after the sum) is checked: a
@@ -341,12 +410,13 @@ class EraserTrainer:
             )
 
     @torch.no_grad()
-    def prediction_without_update(self, sampler, x, index, cond):
-        """Advance through a step that is not trained, with the model the trajectory follows."""
-        if self.config.trajectory == "frozen":
-            with erasers_disabled(self.frozen):
-                return sampler.predict(self.frozen, x, index, cond)
-        return sampler.predict(self.transformer, x, index, cond)
+    def prediction_without_update(self, sampler, x, index, batch):
+        """Advance through a step that is not trained, with the model the trajectory follows (and its guidance)."""
+        model = self.frozen if self.config.trajectory == "frozen" else self.transformer
+        with erasers_disabled(self.frozen) if model is self.frozen else nullcontext():
+            cond = sampler.predict(model, x, index, batch["cond"])
+            uncond = sampler.predict(model, x, index, batch["cond_empty"]) if self.config.start_guidance != 1 else None
+        return self._guided(cond, uncond)
 
     # --------------------------------------------------------------------------- saving / state
     def eraser_config(self) -> dict:
@@ -529,7 +599,7 @@ def _loop(trainer, data, output_dir, log, resume, global_step, writer, stop) -> 
 
             for i in range(first_step, sampler.num_steps):
                 if i not in train_at:
-                    x = sampler.step(trainer.prediction_without_update(sampler, x, i, batch["cond"]), i, x)
+                    x = sampler.step(trainer.prediction_without_update(sampler, x, i, batch), i, x)
                     continue
                 start = time.perf_counter()
                 metrics, advance = trainer.update(sampler, x, i, batch)

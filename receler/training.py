@@ -60,6 +60,7 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     if config.num_frames is not None:
         family.check_frames(config.num_frames)
     prompts, given = read_training_prompts(config)
+    anchors = read_anchor_prompts(config, len(prompts))
     if not config.auto_generate_preserved:  # check the prompt files now, before any model loads
         choose_preserve_prompts(config, prompts, given, read_preserved_concepts(config.preserved_concepts_file))
     dist = Distributed(config.device)
@@ -71,9 +72,10 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    pipe, data, beta = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir, dist.is_main, pipe)
+    pipe, data, beta = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir, dist.is_main, pipe,
+                                        anchors=anchors)
     resolved = resolve_training(config, family, pipe, device, beta=beta, prompts=prompts,
-                                preserve_prompts=data.preserve_prompts, world_size=dist.world_size)
+                                preserve_prompts=data.preserve_prompts, world_size=dist.world_size, anchors=anchors)
     logger.info("resolved settings: %s", json.dumps({k: v for k, v in resolved.to_dict().items()
                                                       if k not in ("prompts", "preserve_prompts")}))
     if dist.is_main:
@@ -88,6 +90,9 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
 # ----------------------------------------------------------------------------------------- prompts
 
 
+ANCHOR_COLUMNS = ("anchor_prompt", "anchor")
+
+
 def read_training_prompts(config: TrainConfig) -> tuple:
     """``(prompts, preserve prompts given by the file or None per row)``."""
     if config.prompts_file is None:
@@ -95,6 +100,26 @@ def read_training_prompts(config: TrainConfig) -> tuple:
         return [config.target_concept], [None]
     table = load_prompts(config.prompts_file)
     return [r.prompt for r in table.rows], [r.preserve_prompt for r in table.rows]
+
+
+def read_anchor_prompts(config: TrainConfig, count: int) -> list | None:
+    """One anchor per training prompt: the prompts file's ``anchor_prompt`` column, else ``--anchor_prompt`` for
+    every row, else None (plain negative guidance). A row with an empty anchor cell falls back to the flag."""
+    column = []
+    if config.prompts_file is not None:
+        from .prompts import find_column
+
+        rows = load_prompts(config.prompts_file).rows
+        name = find_column(list(rows[0].extra), ANCHOR_COLUMNS) if rows and rows[0].extra else None
+        column = [r.extra.get(name) or None for r in rows] if name else []
+    anchors = [a or config.anchor_prompt for a in column] if column else [config.anchor_prompt] * count
+    if all(a is None for a in anchors):
+        return None
+    missing = [i + 1 for i, a in enumerate(anchors) if a is None]
+    if missing:
+        raise UserError(f"prompts {missing[:5]} of {config.prompts_file} have no anchor while others do; fill the "
+                        f"'anchor_prompt' column or give --anchor_prompt for the rows without one")
+    return anchors
 
 
 def read_preserved_concepts(path) -> list:
@@ -151,10 +176,11 @@ def auto_preserved_concepts(config: TrainConfig, family, pipe, device, output_di
 # ------------------------------------------------------------------------------------------ model
 
 
-def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given, output_dir, is_main, pipe=None):
+def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given, output_dir, is_main, pipe=None,
+                     anchors=None):
     """Load the transformer and text encoder (unless ``pipe`` is given), choose the preserve prompts, encode
-    every prompt once, then release the text encoder (only from a pipeline loaded here). Returns
-    ``(pipe, prompt set, beta)``."""
+    every prompt (and its anchor) once, then release the text encoder (only from a pipeline loaded here).
+    Returns ``(pipe, prompt set, beta)``."""
     loaded_here = pipe is None
     if loaded_here:
         pipe = family.load_pipeline(config.model_path, dtype=dtype, with_vae=False)
@@ -168,7 +194,9 @@ def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given,
         preserved = auto_preserved_concepts(config, family, pipe, encode_device, output_dir, is_main)
     preserve, beta = choose_preserve_prompts(config, prompts, given, preserved)
     data = encode_prompt_set(family, pipe, prompts, preserve, config.concept_word_list, encode_device,
-                             soft_tokens=config.adv_num_tokens if config.adversarial else 0)
+                             soft_tokens=config.adv_num_tokens if config.adversarial else 0,
+                             anchor_prompts=anchors,
+                             concept_prompt=config.target_concept if config.mask_fallback == "concept" else None)
     if loaded_here:
         for name in family.text_encoder_names():
             setattr(pipe, name, None)  # training never needs the text encoder again
@@ -180,7 +208,7 @@ def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given,
 
 
 def resolve_training(config: TrainConfig, family, pipe, device, beta=None, prompts=(), preserve_prompts=None,
-                     world_size: int = 1) -> ResolvedTraining:
+                     world_size: int = 1, anchors=None) -> ResolvedTraining:
     """What ``config`` leaves open, for this model and device: the video size (the model's own where the
     config gives none, checked), the blocks to checkpoint, ``beta``'s default, the loss target."""
     device = torch.device(device)
@@ -196,6 +224,7 @@ def resolve_training(config: TrainConfig, family, pipe, device, beta=None, promp
         loss_target=config.loss_target or family.default_loss_target,
         concept_words=tuple(config.concept_word_list), prompts=tuple(prompts),
         preserve_prompts=None if preserve_prompts is None else tuple(preserve_prompts), world_size=world_size,
+        anchor_prompts=None if anchors is None else tuple(anchors),
     )
     blocks = checkpoint_block_count(config, family, pipe, device, resolved)
     return ResolvedTraining(**{**resolved.__dict__, "checkpoint_blocks": blocks})
