@@ -155,3 +155,23 @@ def test_two_shape_scenes_tell_the_target_from_the_other_shape(text):
     assert result["target_shown"]["clean"]["two_shape"] == 1.0
     assert result["target_shown"]["erased"]["two_shape"] == 0.0
     assert result["two_shape_other_kept"] == {"clean": 1.0, "erased": 1.0}
+
+
+@pytest.mark.parametrize("text", TARGETS)
+def test_anchors_leave_exactly_the_target_unsaid(text, tmp_path):
+    import csv
+
+    from receler.world.files import write_prompt_files
+    from receler.world.targets import training_rows
+
+    target = parse_target(text)
+    for row in training_rows(target):
+        prompt, anchor = row["prompt"].split(), row["anchor_prompt"].split()
+        for _, value in target.fixed:
+            assert value in prompt and value not in anchor
+        kept = [w for w in prompt if w not in {v for _, v in target.fixed} | {"moving"}]
+        assert [w for w in anchor if w not in ("shape", "moving")] == kept
+    train, _ = write_prompt_files(tmp_path, target)
+    assert csv.DictReader(open(train)).fieldnames == ["prompt", "preserve_prompt"]
+    train, _ = write_prompt_files(tmp_path, target, anchors=True)
+    assert csv.DictReader(open(train)).fieldnames == ["prompt", "preserve_prompt", "anchor_prompt"]

@@ -129,7 +129,7 @@ def train_eraser(bench: Bench, target, seed: int, name: str, flags: list) -> tup
     a = bench.args
     folder = bench.out / "erasers" / f"{_slug(target.name)}_seed{seed}" / name
     folder.mkdir(parents=True, exist_ok=True)
-    pairs, _ = write_prompt_files(folder.parent, target, a.quick)
+    pairs, _ = write_prompt_files(folder.parent, target, a.quick, anchors=a.anchors)
     argv = ["--model_path", str(a.model_path), "--target_concept", target.name, "--prompts_file", str(pairs),
             "--output_dir", str(folder), "--num_frames", str(a.num_frames), "--height", str(a.height),
             "--width", str(a.width), "--num_inference_steps", str(a.steps), "--max_steps", str(a.train_steps),
@@ -294,7 +294,7 @@ def _run_settings(args, target, seed) -> dict:
     """What a (target, seed) result depends on: a saved run is reused only when all of it matches."""
     keep = ("model_path", "quick", "rows", "steps", "num_frames", "height", "width", "train_steps", "eraser_rank",
             "learning_rate", "eta", "batch_size", "negative_guidance", "attack_tokens", "attack_steps", "attack_lr",
-            "adversarial_flags", "train_flags")
+            "adversarial_flags", "train_flags", "anchors")
     return json.loads(json.dumps({k: getattr(args, k) for k in keep} | {"target": target.name, "seed": seed}))
 
 
@@ -470,6 +470,9 @@ def parse_args(argv=None):
     p.add_argument("--learning_rate", type=float, default=1e-3, help="eraser learning rate")
     p.add_argument("--eta", type=float, default=3.0, help="negative guidance strength")
     p.add_argument("--batch_size", type=int, default=4, help="prompts per update")
+    p.add_argument("--anchors", action="store_true",
+                   help="train with anchors: each training caption with the target left unsaid ('a circle moving "
+                        "left ...' for red) is the base of the unlearning target (see the trainer's --anchor_weight)")
     p.add_argument("--train_flags", default="",
                    help="extra training flags for every eraser row, e.g. '--mask_mode average --start_guidance 3'")
     p.add_argument("--clean_cache", default=None,

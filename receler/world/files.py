@@ -2,8 +2,8 @@
 
     python -m receler.world.files --target red --output_dir OUT [--quick]
 
-writes ``OUT/train_prompts.csv`` (``prompt,preserve_prompt``: target captions of the seen combinations, each with
-the same scene in another value) and ``OUT/eval_prompts.csv`` (``prompt,seed,group,background,color,is_target,class``:
+writes ``OUT/train_prompts.csv`` (``prompt,preserve_prompt[,anchor_prompt]``: target captions of the seen
+combinations, each with the same scene in another value and, with ``--anchors``, with the target left unsaid) and ``OUT/eval_prompts.csv`` (``prompt,seed,group,background,color,is_target,class``:
 seen captions with new seeds, held-out captions, two-shape scenes and other values, on both backgrounds), readable
 by the training CLI and by ``test_cogvideo.py --prompt_file``. Targets: a colour (``red``), a shape (``triangle``),
 a direction (``left``) or a combination (``"red triangle"``).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError, cli_entry
 from ..io_utils import atomic_write_text
-from .targets import evaluation_items, parse_target, prompt_rows, training_pairs
+from .targets import evaluation_items, parse_target, prompt_rows, training_rows
 
 
 def _csv(rows: list[dict]) -> str:
@@ -27,11 +27,15 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_prompt_files(output_dir, target, quick: bool = False) -> tuple[Path, Path]:
-    """``(train_prompts.csv, eval_prompts.csv)`` for ``target`` (a :class:`Target`) in ``output_dir``."""
+def write_prompt_files(output_dir, target, quick: bool = False, anchors: bool = False) -> tuple[Path, Path]:
+    """``(train_prompts.csv, eval_prompts.csv)`` for ``target`` (a :class:`Target`) in ``output_dir``; with
+    ``anchors`` the training file has an ``anchor_prompt`` column (the caption with the target left unsaid)."""
     out = Path(output_dir)
     train = out / "train_prompts.csv"
-    atomic_write_text(train, _csv([{"prompt": p, "preserve_prompt": q} for p, q in training_pairs(target)]))
+    rows = training_rows(target)
+    if not anchors:
+        rows = [{k: v for k, v in row.items() if k != "anchor_prompt"} for row in rows]
+    atomic_write_text(train, _csv(rows))
     evaluation = out / "eval_prompts.csv"
     atomic_write_text(evaluation, _csv(prompt_rows(evaluation_items(target, quick=quick))))
     return train, evaluation
@@ -43,6 +47,9 @@ def parse_args(argv=None):
                    help="what to erase: a colour, a shape, a direction or a combination such as 'red triangle'")
     p.add_argument("--output_dir", required=True, help="folder for train_prompts.csv and eval_prompts.csv")
     p.add_argument("--quick", action="store_true", help="the reduced evaluation set (a few prompts of each group)")
+    p.add_argument("--anchors", action="store_true",
+                   help="add an anchor_prompt column to train_prompts.csv: each caption with the target left unsaid "
+                        "('a circle moving left ...' for red), for the trainer's anchored target")
     return p.parse_args(argv)
 
 
@@ -53,7 +60,7 @@ def main(argv=None):
         target = parse_target(args.target)
     except ValueError as err:
         raise UserError(f"--target: {err}") from None
-    for path in write_prompt_files(args.output_dir, target, args.quick):
+    for path in write_prompt_files(args.output_dir, target, args.quick, args.anchors):
         print(f"wrote {path}")
 
 

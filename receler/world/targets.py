@@ -139,12 +139,24 @@ def substitute(target: Target, combination: dict, k: int) -> dict:
 def training_pairs(target: Target) -> list[tuple[str, str]]:
     """``(prompt, preserve_prompt)`` for every seen combination: the target caption, and the same scene
     with the target replaced by another value."""
+    return [(row["prompt"], row["preserve_prompt"]) for row in training_rows(target)]
+
+
+def training_rows(target: Target) -> list[dict]:
+    """The training CSV's rows for every seen combination: the target caption, its preserve prompt (the same
+    scene with another value), and its anchor (the same caption with the target's words left unsaid, e.g.
+    ``a circle moving left on a gray background`` for red: the world model draws it in a random colour)."""
     seen = [c for c in combinations(target) if not c["held_out"]]
-    pairs = []
+    rows = []
     for k, combination in enumerate(seen):
         other = substitute(target, combination, k)
-        pairs.append((target_caption(target, combination), _caption([_spec(other)], other["background"])))
-    return pairs
+        values = {**combination, **target.attributes}
+        rows.append({
+            "prompt": target_caption(target, combination),
+            "preserve_prompt": _caption([_spec(other)], other["background"]),
+            "anchor_prompt": Scene((_spec(values),), values["background"]).caption(omit=tuple(target.attributes)),
+        })
+    return rows
 
 
 def _item(specs: list, background: str, group: str, target: Target, seed: int, cls: str) -> dict:
