@@ -97,3 +97,41 @@ def test_bad_targets_are_refused_before_anything_loads(tmp_path, capsys):
         main([str(tmp_path), "--targets", "red,pink"])
     assert exit_info.value.code == 2
     assert "pink" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_runs_each_setting_once_and_tabulates_the_goals(tmp_path):
+    from receler.world.sweep import main
+
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"base": "", "eta1": "--eta 1"}))
+    argv = [str(tmp_path / "sweep"), "--settings", str(settings), "--workers", "2",
+            "--benchmark_flags", "--quick --train_steps 2 --steps 3"]
+    result = main(argv)
+    assert set(result) == {"base", "eta1"}
+    for name, row in result.items():
+        assert row["runs"] == 1 and row["train_seconds"] > 0
+        assert set(row["goals"]) <= {"shown_seen", "shown_unseen", "shown_two_shape", "substitute_share", "rest_shape",
+                                     "rest_direction", "rest_background", "area_ratio", "other_acc_worst_drop",
+                                     "psnr_mean", "psnr_worst"}
+    saved = json.loads((tmp_path / "sweep" / "eta1" / "runs" / "red_seed0.json").read_text())
+    assert saved["settings"]["eta"] == 1.0
+    text = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| base |" in text and "| eta1 |" in text
+    # The clean renders were made once and shared; a second sweep trains nothing again.
+    assert len(list((tmp_path / "sweep" / "clean_cache").glob("*.npz"))) == 1
+    weights = sorted((tmp_path / "sweep").rglob("eraser_weights.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in weights]
+    assert main(argv).keys() == result.keys()
+    assert [p.stat().st_mtime_ns for p in weights] == stamps
+
+
+def test_sweep_settings_are_checked(tmp_path):
+    from receler.errors import UserError
+    from receler.world.sweep import read_settings
+
+    bad = tmp_path / "bad.json"
+    for text in ("[1, 2]", "{}", '{"a": 3}', '{"../x": ""}', "not json"):
+        bad.write_text(text)
+        with pytest.raises(UserError):
+            read_settings(bad)

@@ -94,6 +94,22 @@ def test_bundled_model_renders_the_prompted_colour(bundled_pipe):
 
 
 @requires_bundled_model
+def test_bundled_model_knows_shapes_and_motion(bundled_pipe):
+    """On the quick check prompts (every colour, shape, direction and background, and two-shape scenes), the
+    bundled model draws what the prompt says about as often as recorded when it was trained (on all 168)."""
+    summary = json.loads((world_model.WORLD_MODEL_DIR / "training_summary.json").read_text())
+    recorded = summary["evaluation"]["by_guidance"]["1"]
+    prompts = world_model.check_prompts(quick=True)
+    videos = world_model.render_world(bundled_pipe, prompts)
+    labels = [classify_video(video) for video in videos]
+    singles = [(label, item) for label, item in zip(labels, prompts) if " and " not in item["prompt"]]
+    for attribute in ("color", "shape", "direction"):
+        wanted = [item["prompt"].split()[{"color": 1, "shape": 2, "direction": 4}[attribute]] for _, item in singles]
+        accuracy = sum(getattr(label, attribute) == w for (label, _), w in zip(singles, wanted)) / len(singles)
+        assert accuracy >= recorded[f"{attribute}_accuracy"] - ACCURACY_TOLERANCE, (attribute, accuracy)
+
+
+@requires_bundled_model
 def test_a_video_does_not_depend_on_its_batch(bundled_pipe):
     """Per-prompt CPU generators: rendering alone or in a batch gives the same video."""
     prompts = evaluation_prompts(quick=True)[:2]
