@@ -89,7 +89,9 @@ class TrainConfig:
     # -- concept and prompts
     target_concept: str = option(group=PROMPTS,
                                  help="the concept to erase, as it is written in the prompts (e.g. 'nudity', 'red'); "
-                                 "its tokens locate the concept for the localization loss")
+                                 "its tokens locate the concept for the localization loss. Several concepts, comma-"
+                                 "separated ('nudity,violence'), train one eraser for all of them: each prompt erases "
+                                 "the concept of its CSV 'concept' column, else the first one it names")
     concept_words: str | None = option(None, group=PROMPTS,
                                        help="comma-separated words whose tokens mark the concept for localization "
                                        "when the prompts use synonyms (e.g. 'naked,nude,nudity,topless'); default: "
@@ -208,8 +210,11 @@ class TrainConfig:
                     raise ValueError
             except ValueError:
                 raise UserError(f"--train_timesteps must be 'all' or a positive integer (got {self.train_timesteps!r})") from None
-        if not self.target_concept.strip():
+        if not self.concepts:
             raise UserError("--target_concept is empty; name the concept to erase as it appears in the prompts")
+        if len(self.concepts) > 1 and self.concept_words:
+            raise UserError("--concept_words is for one concept; with several --target_concept values each concept's "
+                            "own words mark it (give a prompt's concept in a 'concept' column of the prompts file)")
         if self.start_guidance < 1.0:
             raise UserError(f"--start_guidance must be at least 1 (1 = no guidance; got {self.start_guidance})")
         if not 0.0 <= self.anchor_weight <= 1.0:
@@ -223,6 +228,11 @@ class TrainConfig:
                 raise UserError(f"--{name} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
 
     # ------------------------------------------------------------------------------------------ derived
+    @property
+    def concepts(self) -> list:
+        """The concepts this eraser erases (``--target_concept``, comma-separated)."""
+        return [c.strip() for c in self.target_concept.split(",") if c.strip()]
+
     @property
     def concept_word_list(self) -> list:
         """The words whose tokens mark the concept for localization (``--concept_words``, else the target)."""
@@ -256,10 +266,11 @@ class ResolvedTraining:
     preserve_prompts: tuple | None
     world_size: int = 1
     anchor_prompts: tuple | None = None  # per prompt (--anchor_prompt or the file's anchor_prompt column)
+    prompt_concepts: tuple | None = None  # per prompt, the concept it erases (several --target_concept values)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        for key in ("concept_words", "prompts", "preserve_prompts", "anchor_prompts"):
+        for key in ("concept_words", "prompts", "preserve_prompts", "anchor_prompts", "prompt_concepts"):
             out[key] = None if out[key] is None else list(out[key])
         return out
 

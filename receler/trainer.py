@@ -47,6 +47,21 @@ class TrainingDiverged(UserError):
 # ------------------------------------------------------------------------------------- prompts
 
 
+@dataclass(frozen=True)
+class Concept:
+    """A concept to erase: its name (also its bare prompt, for ``--mask_fallback concept``) and the words whose
+    tokens mark it in a prompt."""
+
+    name: str
+    words: tuple
+
+    @classmethod
+    def of(cls, words) -> "Concept":
+        """From a word or a list of words (the first names the concept)."""
+        words = (words,) if isinstance(words, str) else tuple(words)
+        return cls(words[0], words)
+
+
 @dataclass
 class PromptSet:
     """Every training prompt, encoded once (then the text encoder can leave the GPU)."""
@@ -60,28 +75,35 @@ class PromptSet:
     found: torch.Tensor      # [P] bool: whether the concept's tokens occur in the prompt
     soft_positions: torch.Tensor | None = None  # [P, K]: where adversarial soft tokens go (--adversarial)
     cond_anchor: list | None = None             # per prompt: the anchor's conditioning (--anchor_prompt)
-    cond_concept: dict | None = None            # the bare concept prompt, whose attention masks prompts
-    concept_positions: torch.Tensor | None = None  # [1, T]: ... that lack the concept's tokens (--mask_fallback)
+    # --mask_fallback concept: per prompt, its concept's bare prompt (None where it cannot serve), the concept's
+    # text positions in it, and whether the prompt borrows that prompt's attention for its mask.
+    cond_concept: list | None = None
+    concept_positions: torch.Tensor | None = None  # [P, T]
+    fallback: torch.Tensor | None = None           # [P] bool
+    concepts: list | None = None                   # per prompt: its concept's name
 
     @property
     def localizable(self) -> torch.Tensor:
         """[P] bool: prompts that train with the localization loss (own tokens, or the concept prompt's mask)."""
-        return self.found | (self.cond_concept is not None)
+        return self.found if self.fallback is None else self.found | self.fallback
 
 
 def stack_cond(conds: list, device) -> dict:
     return {k: torch.cat([c[k] for c in conds]).to(device) for k in conds[0]}
 
 
-def encode_prompt_set(family, pipe, prompts, preserve_prompts, concept_words, device, batch_size=8,
-                      soft_tokens: int = 0, anchor_prompts=None, concept_prompt: str | None = None) -> PromptSet:
+def encode_prompt_set(family, pipe, prompts, preserve_prompts, concepts, device, batch_size=8,
+                      soft_tokens: int = 0, anchor_prompts=None, mask_fallback: bool = False) -> PromptSet:
     """Encode the concept prompts, the preserve prompts, the anchors and "" once, on ``device``, and keep them on
     CPU.
 
-    ``concept_words`` is the concept (or a list of words that mark it, e.g. ``["naked", "nude"]``) whose
-    tokens the localization mask follows. ``concept_prompt`` (the bare concept, ``--mask_fallback concept``)
-    is encoded too when some prompt lacks those tokens: its attention masks those prompts.
+    ``concepts``: what each prompt erases, whose tokens its localization mask follows: a word or a list of words
+    marking one concept for every prompt (e.g. ``["naked", "nude"]``), a :class:`Concept`, or one
+    :class:`Concept` per prompt (several concepts in one eraser). With ``mask_fallback``, a prompt that lacks its
+    concept's tokens takes its mask from the attention on the concept's bare prompt (its name), encoded here too.
     """
+    per_prompt = concepts if isinstance(concepts, list) and concepts and isinstance(concepts[0], Concept) else None
+    per_prompt = per_prompt or [concepts if isinstance(concepts, Concept) else Concept.of(concepts)] * len(prompts)
 
     def encode(texts):
         out = []
@@ -95,37 +117,54 @@ def encode_prompt_set(family, pipe, prompts, preserve_prompts, concept_words, de
         cond = encode(prompts)
         cond_pre = encode(preserve_prompts) if preserve_prompts else None
         cond_empty = encode([""])[0]
+        cond_anchor = encode(list(anchor_prompts)) if anchor_prompts else None
     check_prompts_reach_model(family, pipe, prompts, cond, cond_empty, "train")
-    words = [concept_words] if isinstance(concept_words, str) else list(concept_words)
 
-    def locate(texts):
-        masks = [concept_positions_mask(family, pipe, texts, w) for w in words]
+    def locate(texts, concept):
+        masks = [concept_positions_mask(family, pipe, texts, w) for w in concept.words]
         return torch.stack([m[0] for m in masks]).any(dim=0), torch.stack([m[1] for m in masks]).any(dim=0)
 
-    positions, found = locate(prompts)
+    located = {c: locate([p for p, pc in zip(prompts, per_prompt) if pc == c], c) for c in dict.fromkeys(per_prompt)}
+    rows = {c: iter(range(len(prompts))) for c in located}
+    positions, found = [], []
+    for concept in per_prompt:
+        k = next(rows[concept])
+        positions.append(located[concept][0][k])
+        found.append(located[concept][1][k])
+    positions, found = torch.stack(positions), torch.stack(found)
     soft = padding_positions(family, pipe, prompts, soft_tokens) if soft_tokens else None
-    with torch.no_grad():
-        cond_anchor = encode(list(anchor_prompts)) if anchor_prompts else None
-    cond_concept = concept_positions = None
-    if concept_prompt is not None and not found.all():
-        concept_positions, concept_found = locate([concept_prompt])
-        if concept_found.all():
-            with torch.no_grad():
-                cond_concept = encode([concept_prompt])[0]
-            logger.info("%d of %d prompts lack the concept's tokens: their localization masks come from the "
-                        "attention on %r", int((~found).sum()), len(prompts), concept_prompt)
-        else:
-            concept_positions = None
-            logger.warning("the concept prompt %r holds none of the concept words %s: prompts without them train "
-                           "without L_loc", concept_prompt, words)
-    return PromptSet(list(prompts), preserve_prompts, cond, cond_pre, cond_empty, positions, found, soft,
-                     cond_anchor, cond_concept, concept_positions)
+    data = PromptSet(list(prompts), preserve_prompts, cond, cond_pre, cond_empty, positions, found, soft, cond_anchor,
+                     concepts=[c.name for c in per_prompt])
+    if mask_fallback and not found.all():
+        _encode_bare_concepts(data, per_prompt, encode, locate)
+    return data
+
+
+def _encode_bare_concepts(data: PromptSet, per_prompt: list, encode, locate) -> None:
+    """``--mask_fallback concept``: each concept's bare prompt, for the prompts that lack the concept's tokens."""
+    bare = {}
+    for concept in dict.fromkeys(per_prompt):
+        where, hit = locate([concept.name], concept)
+        if not hit.all():
+            logger.warning("the concept prompt %r holds none of its words %s: prompts without them train without "
+                           "L_loc", concept.name, list(concept.words))
+            continue
+        with torch.no_grad():
+            bare[concept] = (encode([concept.name])[0], where[0])
+    data.cond_concept = [bare[c][0] if c in bare else None for c in per_prompt]
+    data.concept_positions = torch.stack([bare[c][1] if c in bare else data.positions[i]
+                                          for i, c in enumerate(per_prompt)])
+    data.fallback = torch.tensor([c in bare for c in per_prompt]) & ~data.found
+    if data.fallback.any():
+        logger.info("%d of %d prompts lack their concept's tokens: their localization masks come from the attention "
+                    "on the bare concept prompt", int(data.fallback.sum()), len(per_prompt))
 
 
 def make_batch(data: PromptSet, idx: list, device, grid, global_idx: list | None = None) -> dict:
     """The tensors of one (per-process) batch, with per-prompt loss weights normalised by the global batch."""
     global_idx = idx if global_idx is None else global_idx
     localizable = data.localizable
+    borrow = data.fallback is not None and bool(data.fallback[idx].any())
     localizable_global = localizable[global_idx]
     n = len(idx)
     return {
@@ -133,8 +172,9 @@ def make_batch(data: PromptSet, idx: list, device, grid, global_idx: list | None
         "cond_preserve": stack_cond([data.cond_preserve[i] for i in idx], device) if data.cond_preserve else None,
         "cond_empty": stack_cond([data.cond_empty] * n, device),
         "cond_anchor": stack_cond([data.cond_anchor[i] for i in idx], device) if data.cond_anchor else None,
-        "cond_concept": stack_cond([data.cond_concept] * n, device) if data.cond_concept is not None else None,
-        "concept_positions": None if data.concept_positions is None else data.concept_positions.expand(n, -1),
+        # rows that borrow the bare concept prompt's mask (the others' entries are placeholders, never used)
+        "cond_concept": stack_cond([data.cond_concept[i] or data.cond[i] for i in idx], device) if borrow else None,
+        "concept_positions": data.concept_positions[idx] if borrow else None,
         "positions": data.positions[idx],
         "found": data.found[idx],
         "localizable": localizable[idx],
@@ -285,7 +325,7 @@ class EraserTrainer:
         localize = self.probe is not None and batch["localize"]
         local_loc = localize and bool(batch["localizable"].any())
         own_masks = local_loc and bool(batch["found"].any())  # some prompts hold the concept's tokens
-        borrowed_masks = local_loc and batch["cond_concept"] is not None and not bool(batch["found"].all())
+        borrowed_masks = local_loc and batch["cond_concept"] is not None
         anchored = batch["cond_anchor"] is not None and config.anchor_weight > 0
         guided = config.start_guidance != 1.0
         metrics = {"loss_unlearn": 0.0}
@@ -429,6 +469,7 @@ class EraserTrainer:
                 "transformer_config": {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")},
             },
             "target_concept": config.target_concept,
+            "concepts": config.concepts,
             "training": {k: training[k] for k in ("eta", "alpha", "beta", "learning_rate", "num_frames", "height",
                                                   "width", "num_inference_steps", "loss_target", "trajectory",
                                                   "mask_threshold", "seed")},

@@ -29,7 +29,7 @@ from .errors import UserError
 from .families import family_of_pipeline, resolve_family
 from .io_utils import atomic_write_json, read_lines
 from .prompts import load_prompts
-from .trainer import EraserTrainer, encode_prompt_set, run_training
+from .trainer import Concept, EraserTrainer, encode_prompt_set, run_training
 
 logger = logging.getLogger("receler.train")
 
@@ -61,8 +61,10 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
         family.check_frames(config.num_frames)
     prompts, given = read_training_prompts(config)
     anchors = read_anchor_prompts(config, len(prompts))
+    concepts = prompt_concepts(config, prompts)
     if not config.auto_generate_preserved:  # check the prompt files now, before any model loads
-        choose_preserve_prompts(config, prompts, given, read_preserved_concepts(config.preserved_concepts_file))
+        choose_preserve_prompts(config, prompts, given, read_preserved_concepts(config.preserved_concepts_file),
+                                concepts)
     dist = Distributed(config.device)
     device = dist.device
     dtype = resolve_dtype(config.dtype, device) if pipe is None else pipe.transformer.dtype
@@ -73,9 +75,10 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
         output_dir.mkdir(parents=True, exist_ok=True)
 
     pipe, data, beta = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir, dist.is_main, pipe,
-                                        anchors=anchors)
+                                        anchors=anchors, concepts=concepts)
     resolved = resolve_training(config, family, pipe, device, beta=beta, prompts=prompts,
-                                preserve_prompts=data.preserve_prompts, world_size=dist.world_size, anchors=anchors)
+                                preserve_prompts=data.preserve_prompts, world_size=dist.world_size, anchors=anchors,
+                                concepts=concepts)
     logger.info("resolved settings: %s", json.dumps({k: v for k, v in resolved.to_dict().items()
                                                       if k not in ("prompts", "preserve_prompts")}))
     if dist.is_main:
@@ -102,16 +105,48 @@ def read_training_prompts(config: TrainConfig) -> tuple:
     return [r.prompt for r in table.rows], [r.preserve_prompt for r in table.rows]
 
 
+CONCEPT_COLUMNS = ("concept",)
+
+
+def prompt_concepts(config: TrainConfig, prompts: list) -> list:
+    """The :class:`~receler.trainer.Concept` each prompt erases: its ``concept`` cell in the prompts file, else the
+    first ``--target_concept`` value the prompt names, else (one concept) that concept."""
+    names = config.concepts
+    cells = _column(config, CONCEPT_COLUMNS) or [None] * len(prompts)
+    out = []
+    for i, (prompt, cell) in enumerate(zip(prompts, cells)):
+        named = next((c for c in names if _names(prompt, c)), names[0] if len(names) == 1 else None)
+        name = cell.strip() if cell else named
+        if name is None:
+            raise UserError(f"prompt {i + 1} ({prompt!r}) names none of the concepts {', '.join(names)}: add a "
+                            f"'concept' column to {config.prompts_file} saying which one each prompt erases")
+        if name not in names:
+            raise UserError(f"prompt {i + 1} of {config.prompts_file} erases {name!r}, which is not one of "
+                            f"--target_concept ({', '.join(names)}); add it there or fix the 'concept' cell")
+        words = config.concept_word_list if len(names) == 1 else [name]
+        out.append(Concept(name, tuple(words)))
+    return out
+
+
+def _names(prompt: str, concept: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(concept)}(?!\w)", prompt, re.IGNORECASE) is not None
+
+
+def _column(config: TrainConfig, names: tuple) -> list | None:
+    """The cells of one of ``names`` in the prompts file (one per row), or None without such a column."""
+    if config.prompts_file is None:
+        return None
+    from .prompts import find_column
+
+    rows = load_prompts(config.prompts_file).rows
+    name = find_column(list(rows[0].extra), names) if rows and rows[0].extra else None
+    return [r.extra.get(name) or None for r in rows] if name else None
+
+
 def read_anchor_prompts(config: TrainConfig, count: int) -> list | None:
     """One anchor per training prompt: the prompts file's ``anchor_prompt`` column, else ``--anchor_prompt`` for
     every row, else None (plain negative guidance). A row with an empty anchor cell falls back to the flag."""
-    column = []
-    if config.prompts_file is not None:
-        from .prompts import find_column
-
-        rows = load_prompts(config.prompts_file).rows
-        name = find_column(list(rows[0].extra), ANCHOR_COLUMNS) if rows and rows[0].extra else None
-        column = [r.extra.get(name) or None for r in rows] if name else []
+    column = _column(config, ANCHOR_COLUMNS)
     anchors = [a or config.anchor_prompt for a in column] if column else [config.anchor_prompt] * count
     if all(a is None for a in anchors):
         return None
@@ -131,16 +166,18 @@ def read_preserved_concepts(path) -> list:
 
 def build_preserve_prompts(prompts, given, concept, preserved) -> list | None:
     """A preserve prompt per training prompt: the file's own, else the prompt with a preserved concept in
-    place of the target concept (or the preserved concept alone). None when there is nothing to preserve."""
+    place of its target concept (``concept``: one for all prompts, or one per prompt) or the preserved concept
+    alone. None when there is nothing to preserve."""
     if all(p is None for p in given) and not preserved:
         return None
+    concepts = [concept] * len(prompts) if isinstance(concept, str) else list(concept)
     out = []
     for i, (prompt, pre) in enumerate(zip(prompts, given)):
         if pre:
             out.append(pre)
         elif preserved:
             substitute = preserved[i % len(preserved)]
-            pattern = re.compile(re.escape(concept), re.IGNORECASE)
+            pattern = re.compile(re.escape(concepts[i]), re.IGNORECASE)
             out.append(pattern.sub(substitute, prompt) if pattern.search(prompt) else substitute)
         else:
             raise UserError(
@@ -150,10 +187,11 @@ def build_preserve_prompts(prompts, given, concept, preserved) -> list | None:
     return out
 
 
-def choose_preserve_prompts(config: TrainConfig, prompts, given, preserved) -> tuple:
+def choose_preserve_prompts(config: TrainConfig, prompts, given, preserved, concepts=None) -> tuple:
     """``(preserve prompts or None when preservation is off, beta)``: ``--beta`` defaults to 1.0 when there
     are preserve prompts, else 0."""
-    preserve = build_preserve_prompts(prompts, given, config.target_concept, preserved)
+    names = [c.name for c in concepts] if concepts else config.target_concept
+    preserve = build_preserve_prompts(prompts, given, names, preserved)
     beta = config.beta if config.beta is not None else (1.0 if preserve else 0.0)
     if beta > 0 and preserve is None:
         raise UserError("--beta > 0 needs preserve prompts: a 'preserve_prompt' column, --preserved_concepts_file "
@@ -177,7 +215,7 @@ def auto_preserved_concepts(config: TrainConfig, family, pipe, device, output_di
 
 
 def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given, output_dir, is_main, pipe=None,
-                     anchors=None):
+                     anchors=None, concepts=None):
     """Load the transformer and text encoder (unless ``pipe`` is given), choose the preserve prompts, encode
     every prompt (and its anchor) once, then release the text encoder (only from a pipeline loaded here).
     Returns ``(pipe, prompt set, beta)``."""
@@ -192,11 +230,11 @@ def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given,
     preserved = read_preserved_concepts(config.preserved_concepts_file)
     if config.auto_generate_preserved and not preserved:
         preserved = auto_preserved_concepts(config, family, pipe, encode_device, output_dir, is_main)
-    preserve, beta = choose_preserve_prompts(config, prompts, given, preserved)
-    data = encode_prompt_set(family, pipe, prompts, preserve, config.concept_word_list, encode_device,
+    concepts = concepts or prompt_concepts(config, prompts)
+    preserve, beta = choose_preserve_prompts(config, prompts, given, preserved, concepts)
+    data = encode_prompt_set(family, pipe, prompts, preserve, concepts, encode_device,
                              soft_tokens=config.adv_num_tokens if config.adversarial else 0,
-                             anchor_prompts=anchors,
-                             concept_prompt=config.target_concept if config.mask_fallback == "concept" else None)
+                             anchor_prompts=anchors, mask_fallback=config.mask_fallback == "concept")
     if loaded_here:
         for name in family.text_encoder_names():
             setattr(pipe, name, None)  # training never needs the text encoder again
@@ -208,7 +246,7 @@ def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given,
 
 
 def resolve_training(config: TrainConfig, family, pipe, device, beta=None, prompts=(), preserve_prompts=None,
-                     world_size: int = 1, anchors=None) -> ResolvedTraining:
+                     world_size: int = 1, anchors=None, concepts=None) -> ResolvedTraining:
     """What ``config`` leaves open, for this model and device: the video size (the model's own where the
     config gives none, checked), the blocks to checkpoint, ``beta``'s default, the loss target."""
     device = torch.device(device)
@@ -225,6 +263,7 @@ def resolve_training(config: TrainConfig, family, pipe, device, beta=None, promp
         concept_words=tuple(config.concept_word_list), prompts=tuple(prompts),
         preserve_prompts=None if preserve_prompts is None else tuple(preserve_prompts), world_size=world_size,
         anchor_prompts=None if anchors is None else tuple(anchors),
+        prompt_concepts=None if concepts is None else tuple(c.name for c in concepts),
     )
     blocks = checkpoint_block_count(config, family, pipe, device, resolved)
     return ResolvedTraining(**{**resolved.__dict__, "checkpoint_blocks": blocks})

@@ -54,14 +54,14 @@ def test_average_mode_gives_every_layer_the_mask_of_the_mean_attention():
 # --- trainer-level options -----------------------------------------------------------------------
 
 
-def trainer_for(*flags, prompts=PROMPTS, anchors=None, concept_prompt=None):
+def trainer_for(*flags, prompts=PROMPTS, anchors=None, mask_fallback=False):
     family = get_family("cogvideox")
     pipe = build_tiny_pipeline("cogvideox", seed=0)
     config = parse_args(["--model_path", "unused", "--target_concept", "nudity", "--output_dir", "unused",
                          "--eraser_rank", "4", "--learning_rate", "1e-3", "--num_inference_steps", "4", "--beta", "0",
                          *flags])
     data = encode_prompt_set(family, pipe, prompts, None, "nudity", "cpu", anchor_prompts=anchors,
-                             concept_prompt=concept_prompt)
+                             mask_fallback=mask_fallback)
     trainer = EraserTrainer(family, pipe, config, "cpu")
     batch = make_batch(data, list(range(len(prompts))), trainer.device, family.token_grid(pipe, **SIZE))
     sampler = family.make_sampler(pipe, 4, **SIZE, device="cpu", generator=torch.Generator().manual_seed(0))
@@ -114,7 +114,7 @@ def test_guided_trajectory_advances_with_classifier_free_guidance(trajectory):
 
 def test_prompts_without_the_concept_borrow_the_concept_prompts_mask():
     prompts = ["a photo of nudity on the beach", "a person in a park at night"]  # the second lacks "nudity"
-    trainer, batch, sampler, family, pipe = trainer_for("--eta", "1", prompts=prompts, concept_prompt="nudity")
+    trainer, batch, sampler, family, pipe = trainer_for("--eta", "1", prompts=prompts, mask_fallback=True)
     assert batch["found"].tolist() == [True, False] and batch["localizable"].tolist() == [True, True]
     used = {}
     import receler.trainer as trainer_module
@@ -149,7 +149,7 @@ def test_prompts_without_the_concept_borrow_the_concept_prompts_mask():
 
 def test_without_the_fallback_such_prompts_train_without_localization():
     prompts = ["a photo of nudity on the beach", "a person in a park at night"]
-    trainer, batch, *_ = trainer_for("--mask_fallback", "none", prompts=prompts, concept_prompt=None)
+    trainer, batch, *_ = trainer_for("--mask_fallback", "none", prompts=prompts, mask_fallback=False)
     assert batch["localizable"].tolist() == [True, False]
 
 
