@@ -131,11 +131,9 @@ def family_of_state(state: dict, layouts) -> EraserLayout | None:
     return None
 
 
-def validate_state(state: dict, transformer, layout: EraserLayout, eraser_rank: int | None, source="checkpoint") -> int:
-    """Check ``state`` against the transformer; raise :class:`CheckpointError` naming the first mismatch.
-
-    Returns the checkpoint's rank. Nothing is loaded here, so a failure leaves the model untouched.
-    """
+def check_eraser_family(state: dict, layout: EraserLayout, source="checkpoint") -> None:
+    """Raise :class:`CheckpointError` unless every key of ``state`` is an eraser of ``layout``'s family; the
+    message names the family the erasers do belong to, if any."""
     from .families import all_layouts  # local import: families import this module's siblings
 
     if family_of_state(state, [layout]) is None:
@@ -146,6 +144,14 @@ def validate_state(state: dict, transformer, layout: EraserLayout, eraser_rank: 
             f"{source} is {found} (keys like '{example}') but the model is {layout.display_name} "
             f"(expects keys '{layout.module_name(0)}' ...). Use an eraser trained for {layout.display_name}."
         )
+
+
+def validate_state(state: dict, transformer, layout: EraserLayout, eraser_rank: int | None, source="checkpoint") -> int:
+    """Check ``state`` against the transformer; raise :class:`CheckpointError` naming the first mismatch.
+
+    Returns the checkpoint's rank. Nothing is loaded here, so a failure leaves the model untouched.
+    """
+    check_eraser_family(state, layout, source)
     expected = layout.expected_shapes(transformer)
     if len(state) != len(expected) or set(state) != {name for name, _ in expected}:
         raise CheckpointError(
