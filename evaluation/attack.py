@@ -12,19 +12,14 @@ overall and per frame (the re-emergence curve). The method is in ``receler/attac
 
 import argparse
 import logging
-import sys
 from pathlib import Path
-
-try:
-    import receler  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from receler.attack import attack_prompts
+from receler.devices import DTYPES
 from receler.erasers.utils import DisableEraser
 from receler.errors import UserError, cli_entry, setup_logging
 from receler.families import FAMILY_NAMES, resolve_family
@@ -32,7 +27,6 @@ from receler.io_utils import atomic_write, atomic_write_json
 
 logger = logging.getLogger("evaluation.attack")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------------------- detectors

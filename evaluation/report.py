@@ -16,16 +16,9 @@ import html
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import quote
-
-try:
-    import receler  # noqa: F401
-    import evaluation  # noqa: F401
-except ImportError:  # run as `python evaluation/report.py` without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.common import resolve_prompts
 from receler.errors import UserError, cli_entry, setup_logging

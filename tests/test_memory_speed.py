@@ -16,11 +16,9 @@ from receler.presets import PRESETS, build_transformer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _trained_erasers(*extra):
+def _trained_erasers(tiny_runs, *extra):
     """Three updates on the tiny model with the given trainer flags; the resulting eraser weights."""
-    from tests.test_trainer import make_trainer
-
-    trainer, batch, sampler = make_trainer("cogvideox", *extra)
+    trainer, batch, sampler = tiny_runs.trainer("cogvideox", *extra)
     x = sampler.initial_latents(2)
     for i in range(3):
         trainer.update(sampler, x, i, batch)
@@ -30,16 +28,17 @@ def _trained_erasers(*extra):
 @pytest.mark.parametrize("flags", [("--checkpoint_blocks", "1"), ("--gradient_checkpointing",),
                                    ("--gradient_checkpointing", "--offload_activations")],
                          ids=["one_block", "all_blocks", "all_blocks_offloaded"])
-def test_checkpointing_changes_nothing_but_cost(flags):
-    reference, _ = _trained_erasers("--checkpoint_blocks", "0")
-    got, trainer = _trained_erasers(*flags)
+def test_checkpointing_changes_nothing_but_cost(flags, tiny_runs):
+    reference, _ = _trained_erasers(tiny_runs, "--checkpoint_blocks", "0")
+    got, trainer = _trained_erasers(tiny_runs, *flags)
     assert trainer.checkpointed_blocks == (1 if "1" in flags else 2)
     assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-6) for a, b in zip(reference, got))
 
 
-def test_fp8_storage_keeps_erasers_float32_and_trains():
-    before = {k: v.clone() for k, v in _trained_erasers()[1].transformer.state_dict().items() if ".adapter." not in k}
-    params, trainer = _trained_erasers("--fp8_weights")
+def test_fp8_storage_keeps_erasers_float32_and_trains(tiny_runs):
+    before = {k: v.clone() for k, v in _trained_erasers(tiny_runs)[1].transformer.state_dict().items()
+              if ".adapter." not in k}
+    params, trainer = _trained_erasers(tiny_runs, "--fp8_weights")
     linear = trainer.transformer.transformer_blocks[0].attn1.attn.to_q
     assert linear.weight.dtype == torch.float8_e4m3fn, "block weights are stored in fp8"
     assert all(p.dtype == torch.float32 for p in params) and all(torch.isfinite(p).all() for p in params)
@@ -108,6 +107,7 @@ def test_fewest_checkpointed_blocks_is_the_smallest_count_that_fits():
     assert estimate(shape, checkpoint_blocks=count - 1)["peak"] > budget
 
 
+@pytest.mark.slow
 def test_benchmark_prints_the_table_and_writes_both_setups(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--preset", "tiny",
