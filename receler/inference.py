@@ -106,9 +106,9 @@ def check_eraser_path(eraser_path, family=None) -> None:
     ``family``) holds erasers of another model family. Shapes are checked when the erasers load."""
     if eraser_path is None:
         return
-    _, state, weights = read_eraser_folder(eraser_path)
+    config, state, weights = read_eraser_folder(eraser_path)
     if family is not None:
-        check_eraser_family(state, family.layout, source=str(weights))
+        check_eraser_family(state, family.layout, source=str(weights), config=config)
 
 
 def read_component_config(model_path, component: str) -> dict:

@@ -207,3 +207,16 @@ def test_setup_and_save_under_original_names(tmp_path, tiny_cogvideox):
     assert set(state) == set(erasers)
     assert set(state["transformer_blocks.0.attn1.adapter"]) == {"down.weight", "down.bias", "up.weight", "up.bias"}
     assert not list(tmp_path.glob("*.tmp")), "atomic writes leave no temporary files"
+
+
+def test_an_eraser_whose_config_names_another_family_is_refused(tmp_path, make_eraser):
+    """Families whose erasers sit at the same paths are told apart by the family eraser_config.json names."""
+    import json
+
+    folder = make_eraser(tmp_path / "eraser", "cogvideox", scale=0.1)
+    config = json.loads((folder / "eraser_config.json").read_text())
+    (folder / "eraser_config.json").write_text(json.dumps({**config, "model_family": "another_family"}))
+    pipe = build_tiny_pipeline("cogvideox", seed=0)
+    with pytest.raises(CheckpointError, match="another_family"):
+        load_erasers(pipe.transformer, get_family("cogvideox").layout, folder)
+    assert not list(iter_erasers(pipe.transformer)), "nothing was wrapped or loaded"

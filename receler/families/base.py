@@ -124,9 +124,15 @@ class ModelFamily:
         return pipeline_class(**components)
 
     def random_conditioning(self, preset: Preset, batch_size: int, generator) -> dict:
-        """Text conditioning with ``preset``'s shapes, random: what encoded prompts would give (benchmarks)."""
+        """Text conditioning with ``preset``'s shapes, random: what encoded prompts would give (benchmarks); with
+        a text mask (``valid_text_tokens``) the first tokens are the prompt, the rest padding."""
         shape = (batch_size, preset.text_length, preset.text_dim)
-        return {"encoder_hidden_states": torch.randn(*shape, generator=generator)}
+        cond = {"encoder_hidden_states": torch.randn(*shape, generator=generator)}
+        if preset.valid_text_tokens:
+            mask = torch.zeros(batch_size, preset.text_length)
+            mask[:, : preset.valid_text_tokens] = 1
+            cond["encoder_attention_mask"] = mask
+        return cond
 
     def text_encoder_names(self) -> tuple:
         return ("text_encoder",)
@@ -218,7 +224,12 @@ class ModelFamily:
         rows = torch.arange(emb.shape[0], device=emb.device)[:, None].expand_as(positions)
         out = emb.clone()
         out[rows, positions] = vectors.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
-        return {**cond, "encoder_hidden_states": out}
+        cond = {**cond, "encoder_hidden_states": out}
+        if "encoder_attention_mask" in cond:  # a text mask: the learned tokens must be attended, not masked as padding
+            mask = cond["encoder_attention_mask"].clone()
+            mask[rows.to(mask.device), positions.to(mask.device)] = 1
+            cond["encoder_attention_mask"] = mask
+        return cond
 
     # ------------------------------------------------------------------------------------- losses
     def loss_module(self, transformer):

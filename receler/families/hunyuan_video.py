@@ -189,9 +189,6 @@ generator seeded with --seed for every video. Outputs as test_cogvideo.py: <pref
 
     def random_conditioning(self, preset, batch_size, generator):
         cond = super().random_conditioning(preset, batch_size, generator)
-        mask = torch.zeros(batch_size, preset.text_length)
-        mask[:, : preset.valid_text_tokens] = 1
-        cond["encoder_attention_mask"] = mask
         cond["pooled_projections"] = torch.randn(batch_size, preset.pooled_dim, generator=generator)
         return cond
 
@@ -267,12 +264,6 @@ generator seeded with --seed for every video. Outputs as test_cogvideo.py: <pref
 
     def make_sampler(self, pipe, num_inference_steps, num_frames, height, width, device, generator=None):
         return HunyuanVideoSampler(pipe, num_inference_steps, num_frames, height, width, device, generator)
-
-    def with_soft_tokens(self, cond, positions, vectors):
-        out = super().with_soft_tokens(cond, positions, vectors)
-        mask = cond["encoder_attention_mask"].clone()  # the learned tokens must be attended, not masked as padding
-        mask[torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(positions), positions] = 1
-        return {**out, "encoder_attention_mask": mask}
 
     def block_modules(self, transformer):
         return list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
