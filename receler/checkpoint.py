@@ -140,9 +140,10 @@ def check_eraser_family(state: dict, layout: EraserLayout, source="checkpoint", 
 
     named = (config or {}).get("model_family")
     if named and named != layout.family and family_of_state(state, [layout]) is not None:
+        display = next((lay.display_name for lay in all_layouts() if lay.family == named), named)
         raise CheckpointError(
-            f"{source} holds erasers trained for the {named} family (its eraser_config.json says so) but the model "
-            f"is {layout.display_name}. Use an eraser trained for {layout.display_name}."
+            f"{source} holds {display} erasers (its eraser_config.json says so) but the model is "
+            f"{layout.display_name}. Use an eraser trained for {layout.display_name}."
         )
     if family_of_state(state, [layout]) is None:
         other = family_of_state(state, [lay for lay in all_layouts() if lay.family != layout.family])
