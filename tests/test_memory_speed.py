@@ -79,6 +79,29 @@ def test_estimate_within_15_percent_of_gpu_measurements(preset, frames, settings
     assert abs(peak - measured_gib) / measured_gib <= 0.15, f"estimated {peak:.2f} GiB, measured {measured_gib}"
 
 
+# Every full-size preset: the model's nominal size in billions of parameters (its name) and the video tokens of
+# its frames x size by the VAE's compression and patch size (CogVideoX, HunyuanVideo, Wan: 4 frames and 16 x 16
+# pixels per token), and its text tokens.
+PRESET_FACTS = {
+    "cogvideox-2b": (2, (17 - 1) // 4 + 1, 480 // 16, 720 // 16, 226),
+    "cogvideox-5b": (5, (49 - 1) // 4 + 1, 480 // 16, 720 // 16, 226),
+    "hunyuan": (13, (49 - 1) // 4 + 1, 512 // 16, 768 // 16, 256),
+    "wan-1.3b": (1.3, (81 - 1) // 4 + 1, 480 // 16, 832 // 16, 512),
+    "wan-14b": (14, (81 - 1) // 4 + 1, 480 // 16, 832 // 16, 512),
+}
+
+
+@pytest.mark.parametrize("name", [n for n, p in PRESETS.items() if not p.tiny])
+def test_every_preset_has_its_models_size_and_token_count(name):
+    billions, frames, rows, cols, text = PRESET_FACTS[name]
+    preset = PRESETS[name]
+    shape = _shape(name, preset.num_frames)
+    assert 0.75 * billions < shape.params / 1e9 < 1.25 * billions
+    assert (shape.video_tokens, shape.text_tokens) == (frames * rows * cols, text)
+    peak = estimate(shape, checkpoint_blocks=99)["peak"]
+    assert estimate(shape)["peak"] > peak > 2 * shape.params, "checkpointing saves memory; weights are bf16"
+
+
 def test_estimate_grows_with_size_and_shrinks_with_each_option():
     small, big = _shape("cogvideox-2b", 17), _shape("cogvideox-2b", 49)
     assert estimate(big)["peak"] > estimate(small)["peak"]
