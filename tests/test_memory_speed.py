@@ -81,13 +81,14 @@ def test_estimate_within_15_percent_of_gpu_measurements(preset, frames, settings
 
 # Every full-size preset: the model's nominal size in billions of parameters (its name) and the video tokens of
 # its frames x size by the VAE's compression and patch size (CogVideoX, HunyuanVideo, Wan: 4 frames and 16 x 16
-# pixels per token), and its text tokens.
+# pixels per token; LTX-Video: 8 frames and 32 x 32), and its text tokens.
 PRESET_FACTS = {
     "cogvideox-2b": (2, (17 - 1) // 4 + 1, 480 // 16, 720 // 16, 226),
     "cogvideox-5b": (5, (49 - 1) // 4 + 1, 480 // 16, 720 // 16, 226),
     "hunyuan": (13, (49 - 1) // 4 + 1, 512 // 16, 768 // 16, 256),
     "wan-1.3b": (1.3, (81 - 1) // 4 + 1, 480 // 16, 832 // 16, 512),
     "wan-14b": (14, (81 - 1) // 4 + 1, 480 // 16, 832 // 16, 512),
+    "ltx-video-2b": (2, (121 - 1) // 8 + 1, 512 // 32, 768 // 32, 128),
 }
 
 

@@ -15,6 +15,7 @@ _MODULES = {
     "cogvideox": "receler.families.cogvideox",
     "hunyuan_video": "receler.families.hunyuan_video",
     "wan": "receler.families.wan",
+    "ltx_video": "receler.families.ltx_video",
 }
 
 FAMILY_NAMES = tuple(_MODULES)
