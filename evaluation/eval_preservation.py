@@ -15,7 +15,15 @@ import argparse
 import csv
 import io
 import logging
+import sys
 from pathlib import Path
+
+# scripts/demo.sh runs this file by path; from a checkout that is not installed, make the repository importable.
+try:
+    import receler  # noqa: F401
+    import evaluation  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm
 

@@ -15,10 +15,18 @@ import argparse
 import html
 import json
 import logging
+import sys
 import math
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import quote
+
+# scripts/demo.sh runs this file by path; from a checkout that is not installed, make the repository importable.
+try:
+    import receler  # noqa: F401
+    import evaluation  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.common import resolve_prompts
 from receler.errors import UserError, cli_entry, setup_logging

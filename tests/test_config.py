@@ -125,9 +125,15 @@ def test_every_entry_point_is_a_cli_with_help(capsys):
         assert "usage:" in capsys.readouterr().out, name
 
 
+def _seed_named_scripts() -> list:
+    from receler.families import all_families
+
+    return (["receler/train_unlearning_prompt_only.py", "receler/estimate_memory.py"]
+            + [f.inference.script for f in all_families()])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["receler/train_unlearning_prompt_only.py", "test_cogvideo.py", "test_hunyuan.py",
-                                    "test_wan.py", "receler/estimate_memory.py"])
+@pytest.mark.parametrize("script", _seed_named_scripts())
 def test_seed_named_scripts_run_from_a_checkout(script, tmp_path):
     """As the README documents them: ``python <script> ...`` from the repository root, not installed."""
     import os
