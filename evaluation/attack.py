@@ -19,20 +19,15 @@ import argparse
 import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
-
-try:
-    import receler  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from receler.attack import attack_prompts
+from receler.devices import DTYPES
 from receler.erasers.utils import DisableEraser
 from receler.errors import UserError, cli_entry, setup_logging
 from receler.families import FAMILY_NAMES, resolve_family
@@ -42,7 +37,6 @@ from receler.sharding import (ShardLog, add_shard_argument, current_shard, finge
 
 logger = logging.getLogger("evaluation.attack")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SIDES = ("clean", "erased", "attacked")
 ATTACK_KIND = "attack"
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"

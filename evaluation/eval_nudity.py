@@ -16,14 +16,7 @@ import argparse
 import csv
 import io
 import logging
-import sys
 from pathlib import Path
-
-try:
-    import receler  # noqa: F401
-    import evaluation  # noqa: F401
-except ImportError:  # run as `python evaluation/eval_nudity.py` without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm
 

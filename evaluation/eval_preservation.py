@@ -21,10 +21,11 @@ import logging
 import sys
 from pathlib import Path
 
+# scripts/demo.sh runs this file by path; from a checkout that is not installed, make the repository importable.
 try:
     import receler  # noqa: F401
     import evaluation  # noqa: F401
-except ImportError:  # run as `python evaluation/eval_preservation.py` without `pip install -e .`
+except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm

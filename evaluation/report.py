@@ -15,16 +15,17 @@ import argparse
 import html
 import json
 import logging
-import math
 import sys
+import math
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import quote
 
+# scripts/demo.sh runs this file by path; from a checkout that is not installed, make the repository importable.
 try:
     import receler  # noqa: F401
     import evaluation  # noqa: F401
-except ImportError:  # run as `python evaluation/report.py` without `pip install -e .`
+except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.common import resolve_prompts

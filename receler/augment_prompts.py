@@ -23,12 +23,9 @@ import io
 import logging
 import random
 import re
-import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from receler.auto_generate_preserved_concepts import add_generation_arguments, check_generation_args, generate_from_args
 from receler.errors import UserError, cli_entry, setup_logging

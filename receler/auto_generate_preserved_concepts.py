@@ -34,7 +34,7 @@ from receler.preserved_concepts import (
 
 logger = logging.getLogger("receler.preserved")
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16")  # receler.devices.DTYPES, named without importing torch
 
 
 def add_generation_arguments(
@@ -113,11 +113,10 @@ def generate_from_args(args, target_concept: str):
     """Run :func:`generate_preserved_concepts` with the flags of :func:`add_generation_arguments`."""
     dtype = None
     if args.method == "embedding":
-        import torch
+        from receler.devices import resolve_device, resolve_dtype
 
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-        dtype, args.device = getattr(torch, name), str(device)
+        device = resolve_device(args.device)
+        dtype, args.device = resolve_dtype(args.dtype, device), str(device)
     return generate_preserved_concepts(
         target_concept,
         args.num_concepts,

@@ -131,21 +131,38 @@ def family_of_state(state: dict, layouts) -> EraserLayout | None:
     return None
 
 
-def validate_state(state: dict, transformer, layout: EraserLayout, eraser_rank: int | None, source="checkpoint") -> int:
-    """Check ``state`` against the transformer; raise :class:`CheckpointError` naming the first mismatch.
-
-    Returns the checkpoint's rank. Nothing is loaded here, so a failure leaves the model untouched.
-    """
+def check_eraser_family(state: dict, layout: EraserLayout, source="checkpoint", config: dict | None = None) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` holds erasers of ``layout``'s family: every key in its
+    layout and, where the eraser config names a family, that one (families whose erasers sit at the same
+    paths, e.g. ``transformer_blocks.{i}.attn1``, are told apart by it). The message names the family the
+    erasers do belong to, if any."""
     from .families import all_layouts  # local import: families import this module's siblings
 
+    named = (config or {}).get("model_family")
+    if named and named != layout.family and family_of_state(state, [layout]) is not None:
+        display = next((lay.display_name for lay in all_layouts() if lay.family == named), named)
+        raise CheckpointError(
+            f"{source} holds {display} erasers (its eraser_config.json says so) but the model is "
+            f"{layout.display_name}. Use an eraser trained for {layout.display_name}."
+        )
     if family_of_state(state, [layout]) is None:
         other = family_of_state(state, [lay for lay in all_layouts() if lay.family != layout.family])
         example = next(iter(state))
+        by_config = next((lay for lay in all_layouts() if lay.family == named), None)
+        other = by_config or other
         found = f"a {other.display_name} eraser" if other else "not an eraser for any known model family"
         raise CheckpointError(
             f"{source} is {found} (keys like '{example}') but the model is {layout.display_name} "
             f"(expects keys '{layout.module_name(0)}' ...). Use an eraser trained for {layout.display_name}."
         )
+
+
+def validate_state(state: dict, transformer, layout: EraserLayout, eraser_rank: int | None, source="checkpoint") -> int:
+    """Check ``state`` against the transformer; raise :class:`CheckpointError` naming the first mismatch.
+
+    Returns the checkpoint's rank. Nothing is loaded here, so a failure leaves the model untouched.
+    """
+    check_eraser_family(state, layout, source)
     expected = layout.expected_shapes(transformer)
     if len(state) != len(expected) or set(state) != {name for name, _ in expected}:
         raise CheckpointError(
@@ -210,6 +227,7 @@ def load_erasers(
         label = str(weights)
     if config.get("eraser_type", "adapter") != "adapter":
         raise CheckpointError(f"{label}: eraser_type '{config['eraser_type']}' is not supported (only 'adapter')")
+    check_eraser_family(state, layout, label, config)
     rank = validate_state(state, transformer, layout, eraser_rank, source=label)
     _warn_if_other_base(config, transformer, layout)
     existing = collect_erasers(transformer, layout)

@@ -13,8 +13,10 @@ The model of the peak (bytes; N = tokens through a block (video + text), D = wid
 - the frozen passes' targets (``o_c``, ``o_0`` and the float32 ``v_neg``)
 - localization (frozen pass only, when the backward activations are gone): the chunked score matrix
 
-SAVED and TRANSIENT are per family (``ModelFamily.memory_saved_per_block`` / ``memory_backward_transient``):
-14.5 and 12.5 were fitted to the CogVideoX-2b H100 measurements of DESIGN.md §4 and reproduce the 5b and
+SAVED and TRANSIENT are per family (``ModelFamily.memory_saved_per_block`` / ``memory_backward_transient``),
+as is whether the text travels through the blocks with the video (joint attention) or only enters through
+cross-attention (``ModelFamily.attention_text_position``):
+14.5 and 12.5 were fitted to the CogVideoX-2b H100 measurements (README, "Memory and speed") and reproduce the 5b and
 HunyuanVideo rows; Wan keeps float32 intermediates and was fitted to its own rows. fp8 storage keeps about
 29% of the fp8 weight bytes again as compute-dtype copies (fitted to the three fp8 rows). On a CPU the
 Python/torch runtime itself (~0.4 GiB RSS) dominates small models and is added.
@@ -57,7 +59,7 @@ class ModelShape:
     eraser_widths: list
     video_tokens: int
     text_tokens: int
-    joint_text: bool  # text travels through every block with the video (CogVideoX, HunyuanVideo)
+    joint_text: bool  # text travels through every block with the video (joint attention, not cross-attention)
     saved_per_block: float
     backward_transient: float
 
@@ -73,7 +75,7 @@ def model_shape(family, transformer, pipe, num_frames, height, width) -> ModelSh
         family=family.name, blocks=len(blocks), width=max(widths), heads=attn.heads,
         params=sum(p.numel() for n, p in transformer.named_parameters() if ".adapter." not in n),
         linear_params_in_blocks=linear, eraser_widths=widths, video_tokens=frames * rows * cols,
-        text_tokens=family.text_tokens(transformer.config), joint_text=family.name != "wan",
+        text_tokens=family.text_length(pipe), joint_text=family.attention_text_position != "cross",
         saved_per_block=family.memory_saved_per_block, backward_transient=family.memory_backward_transient,
     )
 
@@ -150,12 +152,10 @@ def load_shape(args) -> tuple:
 
     if args.preset:
         preset = PRESETS[args.preset]
-        if preset.name == "tiny":
-            from receler.tiny import build_tiny_pipeline
-
-            pipe = build_tiny_pipeline("cogvideox")
-            return get_family("cogvideox"), pipe.transformer, preset
-        return get_family(preset.family), build_transformer(preset, torch.bfloat16, "meta"), preset
+        family = get_family(preset.family)
+        if preset.tiny:
+            return family, family.build_tiny().transformer, preset
+        return family, build_transformer(preset, torch.bfloat16, "meta"), preset
     family = resolve_family("auto", args.model_path)
     config_file = Path(args.model_path) / "transformer" / "config.json"
     if not config_file.exists():

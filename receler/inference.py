@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, family_of_state, load_erasers, read_eraser_folder
+from .checkpoint import check_eraser_family, load_erasers, read_eraser_folder
+from .devices import DTYPES, resolve_device, resolve_dtype
 from .erasers.utils import DisableEraser
 from .errors import UserError
 from .io_utils import atomic_write_json
@@ -48,7 +49,6 @@ from .sharding import ShardLog, add_shard_argument, current_shard, fingerprint, 
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROMPTS_JSON = "prompts.json"
 BASELINES = ("none", "negative_prompt", "safree")
 TILING_MIN_SIZE = 256  # --vae_tiling's default turns tiling on from this frame size
@@ -88,43 +88,16 @@ def existing_side_path(prefix: Path, side: str) -> Path | None:
 # -------------------------------------------------------------------------------------------- loading
 
 
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on a GPU, float32 on a CPU (half precision on a CPU is slow and often unsupported)."""
-    if name == "auto":
-        name = "bfloat16" if device.type == "cuda" else "float32"
-    return DTYPES[name]
-
-
-#: family -> (prefix of its pipeline class names, the script that renders it)
-_FOLDER_KINDS = {
-    "cogvideox": ("CogVideoX", "test_cogvideo.py"),
-    "hunyuan_video": ("HunyuanVideo", "test_hunyuan.py"),
-    "wan": ("Wan", "test_wan.py"),
-}
-
-
 def check_pipeline_folder(model_path, family) -> str:
     """Fail clearly unless ``model_path`` holds a pipeline of ``family`` (any of its variants, e.g. CogVideoX
     image-to-video); returns the pipeline class name from ``model_index.json``."""
+    from .families import family_of_pipeline_class
     from .families.base import check_model_folder
 
     pipeline_class = str(check_model_folder(model_path).get("_class_name", ""))
-    prefix, _ = _FOLDER_KINDS.get(family.name, (family.display_name, None))
-    if not pipeline_class.startswith(prefix):
-        other = next((name for name, (pre, _) in _FOLDER_KINDS.items() if pipeline_class.startswith(pre)), None)
-        hint = f" Use {_FOLDER_KINDS[other][1]} for it." if other else ""
+    owner = family_of_pipeline_class(pipeline_class)
+    if owner is not family:
+        hint = f" Use {owner.inference.script} (or receler-infer) for it." if owner else ""
         raise UserError(
             f"{model_path} holds a {pipeline_class or 'unknown'} pipeline, not a {family.display_name} one.{hint}"
         )
@@ -136,16 +109,9 @@ def check_eraser_path(eraser_path, family=None) -> None:
     ``family``) holds erasers of another model family. Shapes are checked when the erasers load."""
     if eraser_path is None:
         return
-    _, state, weights = read_eraser_folder(eraser_path)
-    if family is not None and family_of_state(state, [family.layout]) is None:
-        from .families import all_layouts
-
-        other = family_of_state(state, [lay for lay in all_layouts() if lay.family != family.layout.family])
-        found = f"a {other.display_name} eraser" if other else "not an eraser for any known model family"
-        raise CheckpointError(
-            f"{weights} is {found} (keys like '{next(iter(state))}') but the model is {family.display_name} "
-            f"(expects keys '{family.layout.module_name(0)}' ...). Use an eraser trained for {family.display_name}."
-        )
+    config, state, weights = read_eraser_folder(eraser_path)
+    if family is not None:
+        check_eraser_family(state, family.layout, source=str(weights), config=config)
 
 
 def read_component_config(model_path, component: str) -> dict:
@@ -177,11 +143,8 @@ def load_pipeline_with_erasers(
     """
     pipe = family.load_pipeline(model_path, dtype=dtype)
     if pipeline_class is not None and not isinstance(pipe, pipeline_class):
-        template = getattr(pipe, "_tiny_extra_files", None)
         name_or_path = getattr(pipe, "name_or_path", None)
         pipe = pipeline_class(**pipe.components)
-        if template is not None:
-            pipe._tiny_extra_files = template
         if name_or_path is not None:
             pipe.register_to_config(_name_or_path=name_or_path)
     if setup is not None:
@@ -481,9 +444,10 @@ def run_jobs(renderer: Renderer, jobs: list, folder, resume: bool = True, progre
 # ---------------------------------------------------------------------------------------------- the CLIs
 
 
-def build_parser(description: str, defaults: dict, epilog: str | None = None) -> argparse.ArgumentParser:
-    """The flags every inference script shares; ``defaults`` holds the family's (steps, guidance, fps...)."""
-    p = argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(defaults: "InferenceDefaults") -> argparse.ArgumentParser:
+    """The flags every inference script shares, with the family's defaults (steps, guidance, fps...) and texts."""
+    p = argparse.ArgumentParser(description=defaults.description, epilog=defaults.epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
 
     g = p.add_argument_group("what to render")
     g.add_argument("--prompt", default=None, help="one prompt to render")
@@ -523,13 +487,13 @@ def build_parser(description: str, defaults: dict, epilog: str | None = None) ->
                    "ones, where tiles would be smaller than the VAE supports")
 
     g = p.add_argument_group("video")
-    g.add_argument("--num_inference_steps", type=int, default=defaults["num_inference_steps"],
-                   help=f"denoising steps (default: {defaults['num_inference_steps']})")
-    g.add_argument("--guidance_scale", type=float, default=defaults.get("guidance_scale"), help=defaults["guidance_help"])
-    g.add_argument("--num_frames", type=int, default=None, help=defaults["frames_help"])
-    g.add_argument("--height", type=int, default=None, help=defaults["size_help"].format(what="height"))
-    g.add_argument("--width", type=int, default=None, help=defaults["size_help"].format(what="width"))
-    g.add_argument("--fps", type=float, default=defaults["fps"], help=f"frames per second of the mp4 files (default: {defaults['fps']:g})")
+    g.add_argument("--num_inference_steps", type=int, default=defaults.num_inference_steps,
+                   help=f"denoising steps (default: {defaults.num_inference_steps})")
+    g.add_argument("--guidance_scale", type=float, default=defaults.guidance_scale, help=defaults.guidance_help)
+    g.add_argument("--num_frames", type=int, default=None, help=defaults.frames_help)
+    g.add_argument("--height", type=int, default=None, help=defaults.size_help.format(what="height"))
+    g.add_argument("--width", type=int, default=None, help=defaults.size_help.format(what="width"))
+    g.add_argument("--fps", type=float, default=defaults.fps, help=f"frames per second of the mp4 files (default: {defaults.fps:g})")
     g.add_argument("--negative_prompt", default=None,
                    help="negative prompt. With --baseline negative_prompt it is the baseline's (default: --concept) and the "
                    "clean/erased videos use none; otherwise every video uses it")
@@ -656,6 +620,8 @@ def setup_vae(pipe, args) -> None:
 
 __all__ = [
     "BASELINES",
+    "InferenceDefaults",
+    "InferencePlan",
     "PromptJob",
     "Renderer",
     "Side",
@@ -813,3 +779,75 @@ def merge_prompts(folder) -> dict:
     mapping = {record["stem"]: record["prompt"] for record in records}
     update_prompts_json(folder, mapping)
     return mapping
+
+
+# ------------------------------------------------------------------------------ a family's inference CLI
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """What a family's inference CLI defaults to, and the texts of its ``--help``."""
+
+    script: str                  # the inference script of the family, e.g. "test_cogvideo.py"
+    num_inference_steps: int
+    guidance_scale: float | None
+    fps: float
+    guidance_help: str
+    frames_help: str
+    size_help: str               # "{what}" becomes height / width
+    description: str
+    epilog: str
+    video_size: tuple | None = None  # (frames, height, width) to render when the flags give none; None: the model's
+
+
+class InferencePlan:
+    """One run of a family's inference CLI: the flags it adds, its checks before the model loads, and how every
+    side calls the pipeline. This base renders text to video with classifier-free guidance; families whose
+    CLI needs more subclass it (their ``inference_plan``)."""
+
+    pipeline_class = None  # render with another pipeline class of the family, built from the loaded components
+
+    def __init__(self, family, args):
+        self.family, self.args = family, args
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The family's own flags (none here)."""
+
+    @property
+    def eraser_weight(self) -> float:
+        return 1.0
+
+    def check(self) -> None:
+        """Checks of the flags, before anything is rendered or loaded."""
+
+    def prepare(self) -> None:
+        """Inputs read before the model loads (only when there is something to render)."""
+
+    def setup(self, pipe) -> None:
+        """Once the pipeline is loaded, before the erasers: the video size (flags, else the defaults, else the
+        model's own) and the VAE's tiling."""
+        args = self.args
+        video_size(self.family, pipe, args, defaults=self.family.inference.video_size)
+        setup_vae(pipe, args)
+        logger.info("%d frames at %dx%d, %d steps, guidance %s", args.num_frames, args.height, args.width,
+                    args.num_inference_steps, args.guidance_scale)
+
+    def call_kwargs(self, pipe) -> dict:
+        """The pipeline arguments every side shares (besides steps, size and text length)."""
+        return {"guidance_scale": self.args.guidance_scale, "num_frames": self.args.num_frames}
+
+    def render_kwargs(self, negative_prompt) -> dict:
+        """A side's own pipeline arguments for its negative prompt (or ``None``)."""
+        return cfg_negative_prompt(self.args, self.family.inference.guidance_scale)(negative_prompt)
+
+    def run(self) -> dict:
+        args, family = self.args, self.family
+        jobs, folder, resumable, done = plan_run(args, family)
+        self.check()
+        if done is not None:
+            return done
+        self.prepare()
+        return render_run(args, family, jobs, folder, resumable, self.setup, self.render_kwargs,
+                          call_kwargs=self.call_kwargs, eraser_weight=self.eraser_weight,
+                          pipeline_class=self.pipeline_class)

@@ -33,16 +33,16 @@ fi
 "$PYTHON" test_cogvideo.py --model_path "$MODEL_PATH" --eraser_path "$ERASER_PATH" --prompt_file "$PROMPT_FILE" \
   --output_path "$OUTPUT_DIR/videos" --generate_clean ${SIZE_ARGS[@]+"${SIZE_ARGS[@]}"} "$@"
 
-"$PYTHON" evaluation/eval_nudity.py --video_dir "$OUTPUT_DIR/videos" --output_dir "$OUTPUT_DIR"
+"$PYTHON" -m evaluation.eval_nudity --video_dir "$OUTPUT_DIR/videos" --output_dir "$OUTPUT_DIR"
 
 CLIP_ARGS=()
 if [ -n "$CLIP_MODEL_PATH" ]; then CLIP_ARGS=(--clip_model_path "$CLIP_MODEL_PATH"); fi
-"$PYTHON" evaluation/eval_preservation.py --video_dir "$OUTPUT_DIR/videos" --output_dir "$OUTPUT_DIR" \
+"$PYTHON" -m evaluation.eval_preservation --video_dir "$OUTPUT_DIR/videos" --output_dir "$OUTPUT_DIR" \
   ${CLIP_ARGS[@]+"${CLIP_ARGS[@]}"}
 
 REPORT_ARGS=(--output_dir "$OUTPUT_DIR/report" --metrics "$OUTPUT_DIR/nudity.json" "$OUTPUT_DIR/preservation.json"
              --video_dir "$OUTPUT_DIR/videos")
 if [ -f "$ERASER_PATH/train_log.jsonl" ]; then REPORT_ARGS+=(--train_log "$ERASER_PATH/train_log.jsonl"); fi
 if [ -f "$ERASER_PATH/args.json" ]; then REPORT_ARGS+=(--args_json "$ERASER_PATH/args.json"); fi
-"$PYTHON" evaluation/report.py "${REPORT_ARGS[@]}" --title "Concept erasure: $(basename "$ERASER_PATH")"
+"$PYTHON" -m evaluation.report "${REPORT_ARGS[@]}" --title "Concept erasure: $(basename "$ERASER_PATH")"
 echo "report: $OUTPUT_DIR/report/report.html"

@@ -8,7 +8,6 @@ from receler.erasers.wrapper import attach_erasers
 from receler.families import get_family
 from receler.loss_target import LossTarget
 from receler.tiny import build_tiny_pipeline
-from tests.test_trainer import PRESERVE, PROMPTS, SIZE, _eraser_tensors, _train, make_trainer
 
 
 def test_attack_objective_matches_its_formula():
@@ -23,7 +22,6 @@ def test_attack_objective_matches_its_formula():
     assert per_sample.shape == (2,) and per_sample.mean().item() == pytest.approx(attack_loss(o_att, o_c).item())
 
 
-@pytest.mark.parametrize("family_name", ["cogvideox", "hunyuan_video", "wan"])
 def test_soft_tokens_go_after_the_prompt_and_carry_gradient(family_name):
     family = get_family(family_name)
     pipe = build_tiny_pipeline(family_name, seed=0)
@@ -56,7 +54,7 @@ def test_no_room_for_soft_tokens_is_a_clear_error():
         padding_positions(family, pipe, ["a " * 14 + "red"], 4)
 
 
-def test_attack_loss_falls_against_a_random_eraser():
+def test_attack_loss_falls_against_a_random_eraser(tiny_runs):
     family = get_family("cogvideox")
     pipe = build_tiny_pipeline("cogvideox", seed=0)
     pipe.transformer.requires_grad_(False)
@@ -69,7 +67,7 @@ def test_attack_loss_falls_against_a_random_eraser():
     prompts = ["a red circle moving left"]
     conds = [family.encode_prompts(pipe, prompts, "cpu")]
     positions = padding_positions(family, pipe, prompts, 4)
-    sampler = family.make_sampler(pipe, 6, **SIZE, device="cpu", generator=torch.Generator().manual_seed(0))
+    sampler = family.make_sampler(pipe, 6, **tiny_runs.SIZE, device="cpu", generator=torch.Generator().manual_seed(0))
     trajectories = [frozen_trajectory(family, pipe, conds[0], sampler)]
     with LossTarget(family, None, [pipe.transformer]) as outputs:
         soft, losses = learn_soft_prompt(family, pipe, outputs, conds, positions, trajectories, [sampler], steps=40,
@@ -90,14 +88,14 @@ def test_attack_loss_falls_against_a_random_eraser():
     assert not torch.equal(seen[10], seen[12])
 
 
-def test_adversarial_update_refreshes_the_prompt_and_trains_on_both():
+def test_adversarial_update_refreshes_the_prompt_and_trains_on_both(tiny_runs):
     grads = {}
     for weight in ("0", "1"):
-        trainer, batch, sampler = make_trainer("cogvideox", "--adversarial", "--adv_steps", "2", "--adv_weight", weight,
+        trainer, batch, sampler = tiny_runs.trainer("cogvideox", "--adversarial", "--adv_steps", "2", "--adv_weight", weight,
                                                "--alpha", "0", "--beta", "0")
         from receler.trainer import encode_prompt_set, make_batch
 
-        data = encode_prompt_set(trainer.family, trainer.pipe, PROMPTS, PRESERVE, "nudity", "cpu", soft_tokens=4)
+        data = encode_prompt_set(trainer.family, trainer.pipe, tiny_runs.PROMPTS, tiny_runs.PRESERVE, "nudity", "cpu", soft_tokens=4)
         batch = make_batch(data, [0, 1], "cpu", batch["grid"])
         trainer.start_adversary(data)
         start = trainer.adversary.soft.vectors.detach().clone()
@@ -120,20 +118,22 @@ def test_adversarial_update_refreshes_the_prompt_and_trains_on_both():
     assert any(not torch.equal(a, b) for a, b in zip(grads["0"], grads["1"]))
 
 
-def test_without_adversarial_the_plain_trainer_runs_bit_for_bit(tmp_path, tiny_cogvideox_dir):
-    _, plain = _train(tmp_path, tiny_cogvideox_dir, "--save_every", "0", name="plain")
-    _, flagged = _train(tmp_path, tiny_cogvideox_dir, "--save_every", "0", "--adv_steps", "5", "--adv_lr", "1",
+@pytest.mark.slow
+def test_without_adversarial_the_plain_trainer_runs_bit_for_bit(tiny_runs, tiny_cogvideox_dir):
+    _, plain = tiny_runs.train(tiny_cogvideox_dir, "--save_every", "0", name="plain")
+    _, flagged = tiny_runs.train(tiny_cogvideox_dir, "--save_every", "0", "--adv_steps", "5", "--adv_lr", "1",
                         "--adv_weight", "3", "--adv_num_tokens", "2", name="flagged")
-    a, b = _eraser_tensors(plain), _eraser_tensors(flagged)
+    a, b = tiny_runs.tensors(plain), tiny_runs.tensors(flagged)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_adversarial_cli_trains_and_resumes_exactly(tmp_path, tiny_cogvideox_dir):
+@pytest.mark.slow
+def test_adversarial_cli_trains_and_resumes_exactly(tmp_path, tiny_runs, tiny_cogvideox_dir):
     common = ("--num_epochs", "1", "--save_every", "0", "--adversarial", "--adv_steps", "1")
-    _, full = _train(tmp_path, tiny_cogvideox_dir, *common, name="full")
-    _, part = _train(tmp_path, tiny_cogvideox_dir, *common, "--max_steps", "4", name="part")
-    _train(tmp_path, tiny_cogvideox_dir, *common, "--resume_from", str(part / "checkpoints" / "step_4"), name="part")
-    a, b = _eraser_tensors(full), _eraser_tensors(part)
+    _, full = tiny_runs.train(tiny_cogvideox_dir, *common, name="full")
+    _, part = tiny_runs.train(tiny_cogvideox_dir, *common, "--max_steps", "4", name="part")
+    tiny_runs.train(tiny_cogvideox_dir, *common, "--resume_from", str(part / "checkpoints" / "step_4"), name="part")
+    a, b = tiny_runs.tensors(full), tiny_runs.tensors(part)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -21,6 +21,7 @@ PROMPTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
                     reason="accelerate's launcher is not installed")
 def test_two_processes_equal_one_with_the_same_effective_batch(tmp_path, tiny_cogvideox_dir):

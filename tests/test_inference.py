@@ -1,8 +1,8 @@
 """Inference on tiny CogVideoX models: clean and erased renders on one loaded model, the files they make, prompt
 files that resume, v2v / i2v, and the errors a user can cause (through test_cogvideo.py's main, in-process)."""
 
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,33 +11,14 @@ import torch
 from diffusers import CogVideoXPipeline
 
 from receler import inference
-from receler.checkpoint import save_eraser_folder
-from receler.erasers.wrapper import attach_erasers
 from receler.families import get_family
 from receler.media import read_video, write_video
 from receler.tiny import build_tiny_pipeline, save_tiny_pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import test_cogvideo  # noqa: E402  (the top-level user script)
+import test_cogvideo  # the top-level user script (the repository root is on pytest's pythonpath)
 
 FRAMES, SIZE, STEPS = 9, 32, 2
 RENDER = ["--num_frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE), "--num_inference_steps", str(STEPS)]
-
-
-def make_eraser(folder, family_name, scale: float, rank: int = 4, seed: int = 0) -> Path:
-    """An eraser folder for the tiny model of ``family_name``: zero (``scale=0``) or random weights."""
-    family = get_family(family_name)
-    pipe = build_tiny_pipeline(family_name, seed=0)
-    erasers = attach_erasers(pipe.transformer, family.layout, rank)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for eraser in erasers.values():
-            for param in eraser.parameters():
-                if scale:
-                    param.copy_(torch.randn(param.shape, generator=generator) * scale)
-                else:
-                    param.zero_()
-    return save_eraser_folder(folder, pipe.transformer, family.layout)
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +27,12 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def zero_eraser(tmp_path_factory):
+def zero_eraser(tmp_path_factory, make_eraser):
     return make_eraser(tmp_path_factory.mktemp("zero") / "eraser", "cogvideox", scale=0.0)
 
 
 @pytest.fixture(scope="module")
-def random_eraser(tmp_path_factory):
+def random_eraser(tmp_path_factory, make_eraser):
     return make_eraser(tmp_path_factory.mktemp("random") / "eraser", "cogvideox", scale=0.5)
 
 
@@ -195,7 +176,7 @@ def test_missing_eraser_folder_is_one_clear_message(model_dir, tmp_path, capsys)
     assert not list(tmp_path.glob("o_*"))
 
 
-def test_eraser_of_the_other_family_is_one_clear_message(model_dir, tmp_path, capsys):
+def test_eraser_of_the_other_family_is_one_clear_message(model_dir, tmp_path, capsys, make_eraser):
     hunyuan_eraser = make_eraser(tmp_path / "hunyuan", "hunyuan_video", scale=0.1)
     err = user_error(capsys, lambda: run(model_dir, "--eraser_path", str(hunyuan_eraser), "--prompt", "a cat",
                                          "--output_path", str(tmp_path / "o.mp4")))
@@ -227,9 +208,9 @@ def write(path, text):
     return path
 
 
-@pytest.mark.parametrize("script_name", ["test_cogvideo", "test_hunyuan", "test_wan"])
-def test_every_flag_is_explained(script_name):
-    script = __import__(script_name)
+def test_every_flag_is_explained(family_name):
+    family = get_family(family_name)
+    script = importlib.import_module(family.inference.script.removesuffix(".py"))  # the family's seed-named script
     parser = script.build_parser()
     flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert all(a.help and len(a.help) > 10 for a in flags), [a.dest for a in flags if not a.help]
@@ -240,14 +221,30 @@ def test_every_flag_is_explained(script_name):
                  "--concept", "--safree_keywords", "--safree_alpha", "--safree_steps", "--safree_projection",
                  "--safree_variant"):
         assert flag in names, flag
-    if script_name == "test_cogvideo":
+    defaults = script.parse_args(["--model_path", "m", "--prompt", "p", "--generate_clean"])
+    assert (defaults.num_inference_steps, defaults.guidance_scale, defaults.fps) == (
+        family.inference.num_inference_steps, family.inference.guidance_scale, family.inference.fps)
+    if family_name == "cogvideox":  # the original release's defaults
         assert {"--generate_type", "--image_or_video_path", "--scheduler"} <= names
-        defaults = script.parse_args(["--model_path", "m", "--prompt", "p", "--generate_clean"])
         assert (defaults.num_inference_steps, defaults.guidance_scale, defaults.use_dynamic_cfg, defaults.fps) == (50, 6.0, True, 8)
-    if script_name == "test_hunyuan":
+    if family_name == "hunyuan_video":
         assert {"--eraser_weight", "--true_cfg_scale"} <= names
-        defaults = script.parse_args(["--model_path", "m", "--prompt", "p", "--generate_clean"])
         assert (defaults.num_inference_steps, defaults.fps, defaults.true_cfg_scale) == (30, 15, 6.0)
+
+
+def test_receler_infer_reads_the_family_from_the_folder(family_name, tiny_model_dir, tmp_path, make_eraser):
+    """The entry point renders any family's folder with that family's defaults; the family's script does the same."""
+    from receler.infer import main as receler_infer
+
+    folder = tiny_model_dir(family_name)
+    eraser = make_eraser(tmp_path / "eraser", family_name, scale=0.0)
+    common = [*RENDER, "--dtype", "float32", "--prompt", "a red car", "--eraser_path", str(eraser), "--generate_clean"]
+    assert receler_infer(["--model_path", str(folder), *common, "--output_path", str(tmp_path / "a.mp4")]) == {
+        "rendered": 1, "skipped": 0}
+    script = importlib.import_module(get_family(family_name).inference.script.removesuffix(".py"))
+    script.main(["--model_path", str(folder), *common, "--output_path", str(tmp_path / "b.mp4")])
+    np.testing.assert_array_equal(read_video(tmp_path / "a_erased.mp4"), read_video(tmp_path / "b_erased.mp4"))
+    np.testing.assert_array_equal(read_video(tmp_path / "a_clean.mp4"), read_video(tmp_path / "a_erased.mp4"))
 
 
 def test_slugs_and_prefixes():

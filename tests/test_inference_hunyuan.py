@@ -1,40 +1,22 @@
 """Inference on tiny HunyuanVideo and Wan models (test_hunyuan.py / test_wan.py in-process): the published
 HunyuanVideo eraser layout, --eraser_weight, the clean side against a plain diffusers run, and the baselines."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers import HunyuanVideoPipeline, WanPipeline
 
 from receler import inference
-from receler.checkpoint import save_eraser_folder
-from receler.erasers.wrapper import attach_erasers
 from receler.families import get_family
 from receler.media import read_video
-from receler.tiny import build_tiny_pipeline, save_tiny_pipeline
+from receler.tiny import save_tiny_pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import test_hunyuan  # noqa: E402  (top-level user scripts)
-import test_wan  # noqa: E402
+import test_hunyuan  # top-level user scripts (the repository root is on pytest's pythonpath)
+import test_wan
 
 FRAMES, SIZE, STEPS = 9, 32, 2
 RENDER = ["--num_frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE), "--num_inference_steps", str(STEPS),
           "--dtype", "float32"]
-
-
-def make_eraser(folder, family_name, scale: float, rank: int = 4, seed: int = 0) -> Path:
-    """An eraser folder for the tiny model of ``family_name``: zero (``scale=0``) or random weights."""
-    family = get_family(family_name)
-    pipe = build_tiny_pipeline(family_name, seed=0)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for eraser in attach_erasers(pipe.transformer, family.layout, rank).values():
-            for param in eraser.parameters():
-                param.copy_(torch.randn(param.shape, generator=generator) * scale)
-    return save_eraser_folder(folder, pipe.transformer, family.layout)
 
 
 @pytest.fixture(scope="module")
@@ -89,18 +71,17 @@ def test_published_layout_loads_and_eraser_weight_scales_it(hunyuan_dir, publish
     np.testing.assert_array_equal(video(tmp_path / "w0_clean.mp4"), video(tmp_path / "w1_clean.mp4"))
 
 
-@pytest.mark.parametrize("name", ["hunyuan_video", "wan"])
-def test_clean_render_equals_a_plain_diffusers_run(name, hunyuan_dir, wan_dir, tmp_path):
-    folder = hunyuan_dir if name == "hunyuan_video" else wan_dir
-    family = get_family(name)
-    eraser = make_eraser(tmp_path / "eraser", name, scale=0.5)
+def test_clean_render_equals_a_plain_diffusers_run(family_name, tiny_model_dir, tmp_path, make_eraser):
+    """For every family: the clean side (erasers loaded, switched off) is the plain diffusers pipeline's video."""
+    folder = tiny_model_dir(family_name)
+    family = get_family(family_name)
+    eraser = make_eraser(tmp_path / "eraser", family_name, scale=0.5)
     pipe, _ = inference.load_pipeline_with_erasers(family, folder, eraser_path=eraser)
-    call = dict(num_inference_steps=3, num_frames=FRAMES, height=SIZE, width=SIZE, guidance_scale=6.0 if name == "hunyuan_video" else 5.0,
-                **inference.text_kwargs(family, pipe))
+    call = dict(num_inference_steps=3, num_frames=FRAMES, height=SIZE, width=SIZE, **family.unguided_pipeline_kwargs(pipe))
     sides = inference.build_sides(erasers_loaded=True, generate_clean=True)
     frames = inference.Renderer(pipe, sides, call).render("a naked woman on the beach", seed=11)
 
-    plain = (HunyuanVideoPipeline if name == "hunyuan_video" else WanPipeline).from_pretrained(folder, local_files_only=True)
+    plain = family.pipeline_class().from_pretrained(folder, local_files_only=True)
     plain.set_progress_bar_config(disable=True)
     reference = plain("a naked woman on the beach", generator=torch.Generator().manual_seed(11), output_type="np", **call).frames[0]
     np.testing.assert_allclose(frames["clean"], reference, rtol=0, atol=1e-5)
@@ -109,7 +90,7 @@ def test_clean_render_equals_a_plain_diffusers_run(name, hunyuan_dir, wan_dir, t
 
 def test_negative_prompt_baseline_uses_true_cfg_and_embedded_guidance_one(hunyuan_dir, tmp_path):
     args = test_hunyuan.parse_args(["--model_path", "m", "--prompt", "p", "--baseline", "negative_prompt"])
-    render_kwargs = test_hunyuan.render_kwargs_for(args)
+    render_kwargs = get_family("hunyuan_video").inference_plan(get_family("hunyuan_video"), args).render_kwargs
     assert render_kwargs(None) == {"guidance_scale": 6.0}
     assert render_kwargs("nudity") == {"negative_prompt": "nudity", "true_cfg_scale": 6.0, "guidance_scale": 1.0}
     sides = inference.build_sides(erasers_loaded=False, generate_clean=True, baseline="negative_prompt",
@@ -133,7 +114,7 @@ def test_safree_baseline_renders_next_to_the_erased_video(hunyuan_dir, published
     video(tmp_path / "s_compare.mp4", width=2 * SIZE)
 
 
-def test_wan_zero_eraser_and_outputs(wan_dir, tmp_path):
+def test_wan_zero_eraser_and_outputs(wan_dir, tmp_path, make_eraser):
     eraser = make_eraser(tmp_path / "zero", "wan", scale=0.0)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red car\nnudity on the beach\n")

@@ -16,11 +16,9 @@ from receler.presets import PRESETS, build_transformer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _trained_erasers(*extra):
+def _trained_erasers(tiny_runs, *extra):
     """Three updates on the tiny model with the given trainer flags; the resulting eraser weights."""
-    from tests.test_trainer import make_trainer
-
-    trainer, batch, sampler = make_trainer("cogvideox", *extra)
+    trainer, batch, sampler = tiny_runs.trainer("cogvideox", *extra)
     x = sampler.initial_latents(2)
     for i in range(3):
         trainer.update(sampler, x, i, batch)
@@ -30,16 +28,17 @@ def _trained_erasers(*extra):
 @pytest.mark.parametrize("flags", [("--checkpoint_blocks", "1"), ("--gradient_checkpointing",),
                                    ("--gradient_checkpointing", "--offload_activations")],
                          ids=["one_block", "all_blocks", "all_blocks_offloaded"])
-def test_checkpointing_changes_nothing_but_cost(flags):
-    reference, _ = _trained_erasers("--checkpoint_blocks", "0")
-    got, trainer = _trained_erasers(*flags)
+def test_checkpointing_changes_nothing_but_cost(flags, tiny_runs):
+    reference, _ = _trained_erasers(tiny_runs, "--checkpoint_blocks", "0")
+    got, trainer = _trained_erasers(tiny_runs, *flags)
     assert trainer.checkpointed_blocks == (1 if "1" in flags else 2)
     assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-6) for a, b in zip(reference, got))
 
 
-def test_fp8_storage_keeps_erasers_float32_and_trains():
-    before = {k: v.clone() for k, v in _trained_erasers()[1].transformer.state_dict().items() if ".adapter." not in k}
-    params, trainer = _trained_erasers("--fp8_weights")
+def test_fp8_storage_keeps_erasers_float32_and_trains(tiny_runs):
+    before = {k: v.clone() for k, v in _trained_erasers(tiny_runs)[1].transformer.state_dict().items()
+              if ".adapter." not in k}
+    params, trainer = _trained_erasers(tiny_runs, "--fp8_weights")
     linear = trainer.transformer.transformer_blocks[0].attn1.attn.to_q
     assert linear.weight.dtype == torch.float8_e4m3fn, "block weights are stored in fp8"
     assert all(p.dtype == torch.float32 for p in params) and all(torch.isfinite(p).all() for p in params)
@@ -80,6 +79,30 @@ def test_estimate_within_15_percent_of_gpu_measurements(preset, frames, settings
     assert abs(peak - measured_gib) / measured_gib <= 0.15, f"estimated {peak:.2f} GiB, measured {measured_gib}"
 
 
+# Every full-size preset: the model's nominal size in billions of parameters (its name) and the video tokens of
+# its frames x size by the VAE's compression and patch size (CogVideoX, HunyuanVideo, Wan: 4 frames and 16 x 16
+# pixels per token; LTX-Video: 8 frames and 32 x 32), and its text tokens.
+PRESET_FACTS = {
+    "cogvideox-2b": (2, (17 - 1) // 4 + 1, 480 // 16, 720 // 16, 226),
+    "cogvideox-5b": (5, (49 - 1) // 4 + 1, 480 // 16, 720 // 16, 226),
+    "hunyuan": (13, (49 - 1) // 4 + 1, 512 // 16, 768 // 16, 256),
+    "wan-1.3b": (1.3, (81 - 1) // 4 + 1, 480 // 16, 832 // 16, 512),
+    "wan-14b": (14, (81 - 1) // 4 + 1, 480 // 16, 832 // 16, 512),
+    "ltx-video-2b": (2, (121 - 1) // 8 + 1, 512 // 32, 768 // 32, 128),
+}
+
+
+@pytest.mark.parametrize("name", [n for n, p in PRESETS.items() if not p.tiny])
+def test_every_preset_has_its_models_size_and_token_count(name):
+    billions, frames, rows, cols, text = PRESET_FACTS[name]
+    preset = PRESETS[name]
+    shape = _shape(name, preset.num_frames)
+    assert 0.75 * billions < shape.params / 1e9 < 1.25 * billions
+    assert (shape.video_tokens, shape.text_tokens) == (frames * rows * cols, text)
+    peak = estimate(shape, checkpoint_blocks=99)["peak"]
+    assert estimate(shape)["peak"] > peak > 2 * shape.params, "checkpointing saves memory; weights are bf16"
+
+
 def test_estimate_grows_with_size_and_shrinks_with_each_option():
     small, big = _shape("cogvideox-2b", 17), _shape("cogvideox-2b", 49)
     assert estimate(big)["peak"] > estimate(small)["peak"]
@@ -108,6 +131,7 @@ def test_fewest_checkpointed_blocks_is_the_smallest_count_that_fits():
     assert estimate(shape, checkpoint_blocks=count - 1)["peak"] > budget
 
 
+@pytest.mark.slow
 def test_benchmark_prints_the_table_and_writes_both_setups(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--preset", "tiny",

@@ -124,9 +124,16 @@ PROMPT = "a nude woman, naked body on the beach at night"
 KEYWORDS = ["naked", "nudity", "nude body"]
 
 
+class _Pipes(dict):
+    def __missing__(self, name):
+        self[name] = build_tiny_pipeline(name, seed=0)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def pipes():
-    return {name: build_tiny_pipeline(name, seed=0) for name in ("cogvideox", "hunyuan_video", "wan")}
+    """Tiny pipelines by family name, each built once."""
+    return _Pipes()
 
 
 def pipeline_encoding(name, pipe, texts):
@@ -142,9 +149,12 @@ def pipeline_encoding(name, pipe, texts):
     return {"prompt_embeds": (embeds, mask.bool())}
 
 
-@pytest.mark.parametrize("name", ["cogvideox", "hunyuan_video", "wan"])
-def test_tiny_model_projection_removes_the_concept_subspace(name, pipes):
-    pipe = pipes[name]
+def test_tiny_model_projection_removes_the_concept_subspace(family_name, pipes):
+    name, pipe = family_name, pipes[family_name]
+    try:
+        sides = get_family(name).safree_text_sides(pipe)
+    except UserError:
+        pytest.skip(f"{name} has no SAFREE baseline")
     with torch.no_grad():
         safree = Safree(get_family(name), pipe, KEYWORDS, projection="plain")
         result = safree.filter(PROMPT)
@@ -164,7 +174,7 @@ def test_tiny_model_projection_removes_the_concept_subspace(name, pipes):
         changed = np.flatnonzero(np.abs(after - before).max(axis=1) > 0)
         unchanged = np.setdiff1d(np.arange(len(before)), changed)
         np.testing.assert_array_equal(after[unchanged], before[unchanged])
-        side = {"cogvideox": "t5", "wan": "umt5"}.get(name, "llama" if key == "prompt_embeds" else "clip")
+        side = sides[key].name
         assert len(changed) == (len(result.triggers[side]) if key == "prompt_embeds" else int(bool(result.triggers[side])))
         for row in changed:
             coefficients, *_ = np.linalg.lstsq(span, after[row], rcond=None)

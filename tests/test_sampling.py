@@ -1,31 +1,22 @@
 """The hand-written no-CFG loop reproduces each family's diffusers pipeline (guidance off) for the same seed:
-max abs difference <= 1e-5 in float32 on the tiny models (DESIGN.md §9)."""
+max abs difference <= 1e-5 in float32 on the tiny models."""
 
 import pytest
 import torch
 
-from receler.families import get_family
+from receler.families import all_families, get_family
 from receler.sampling import sample
 from receler.tiny import build_tiny_pipeline
 
 PROMPT = "a red circle moving left on a gray background"
 
-CASES = [
-    ("cogvideox", {"scheduler": "ddim"}),                  # CogVideoX-2b: DDIM, sincos positions
-    ("cogvideox", {"scheduler": "dpm", "rotary": True}),   # CogVideoX-5b: multistep DPM with noise, rotary
-    ("hunyuan_video", {}),                                  # flow matching, embedded guidance, masked text
-    ("wan", {}),                                            # flow matching with the UniPC multistep solver
-]
+# Every registered family, in every layout its tiny model can take (e.g. CogVideoX-2b's DDIM with sincos
+# positions and 5b's multistep DPM solver with rotary positions).
+CASES = [(f.name, build) for f in all_families() for build in f.tiny_variants.values()]
+IDS = [f"{f.name}-{variant}" if variant else f.name for f in all_families() for variant in f.tiny_variants]
 
 
-def pipeline_no_cfg_kwargs(family_name, pipe):
-    """The arguments that make each diffusers pipeline run one conditional pass per step. HunyuanVideo's
-    guidance_scale is its embedded guidance; true CFG stays off without a negative prompt."""
-    guidance = 6.0 if family_name == "hunyuan_video" else 1.0
-    return {"guidance_scale": guidance, **get_family(family_name).pipeline_text_kwargs(pipe)}
-
-
-@pytest.mark.parametrize("family_name, build", CASES, ids=["cogvideox-ddim", "cogvideox-dpm", "hunyuan_video", "wan"])
+@pytest.mark.parametrize("family_name, build", CASES, ids=IDS)
 def test_loop_equals_pipeline_without_guidance(family_name, build):
     family = get_family(family_name)
     pipe = build_tiny_pipeline(family_name, seed=0, **build)
@@ -34,7 +25,7 @@ def test_loop_equals_pipeline_without_guidance(family_name, build):
     ours = sample(family, pipe, cond, num_inference_steps=5, generator=torch.Generator().manual_seed(7), progress=False, **size)
     theirs = pipe(
         PROMPT, num_inference_steps=5, generator=torch.Generator().manual_seed(7), output_type="latent",
-        **size, **pipeline_no_cfg_kwargs(family_name, pipe),
+        **size, **family.unguided_pipeline_kwargs(pipe),
     ).frames
     assert ours.shape == theirs.shape
     assert ours.abs().max() > 0.1, "the comparison must not be between two zero tensors"

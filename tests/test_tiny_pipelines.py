@@ -3,11 +3,10 @@
 import json
 
 import numpy as np
-import pytest
 import torch
-from diffusers import CogVideoXPipeline, HunyuanVideoPipeline, WanPipeline
 
-from receler.tiny import build_tiny_pipeline, hunyuan_video, save_tiny_pipeline, wan
+from receler.families import get_family
+from receler.tiny import build_tiny_pipeline, hunyuan_video, save_tiny_pipeline
 from receler.tiny.__main__ import main as tiny_cli
 from receler.tiny.hunyuan_video import TINY_PROMPT_TEMPLATE, load_prompt_template
 from receler.tiny.tokenizers import WORDS
@@ -15,14 +14,10 @@ from receler.tiny.tokenizers import WORDS
 FRAMES, SIZE = 9, 32
 
 
-def _render_args(family, pipe, folder):
-    """The call arguments each tiny pipeline needs besides prompt, size, steps and generator."""
-    if family == "cogvideox":  # must equal the transformer's text length (sincos positions)
-        return {"max_sequence_length": pipe.transformer.config.max_text_seq_length}
-    if family == "hunyuan_video":  # the template saved with the folder, sized for the tiny tokenizer
-        template = load_prompt_template(folder)
-        return {"prompt_template": template, "max_sequence_length": template["max_sequence_length"]}
-    return {"max_sequence_length": wan.TEXT_LEN}
+def _render_args(family, pipe):
+    """The call arguments each tiny pipeline needs besides prompt, size, steps and generator: the text length
+    (and for HunyuanVideo the template saved with the folder, sized for the tiny tokenizer), as the family says."""
+    return get_family(family).pipeline_text_kwargs(pipe)
 
 
 def _render(pipe, seed, **kwargs):
@@ -38,20 +33,15 @@ def _render(pipe, seed, **kwargs):
     ).frames
 
 
-@pytest.mark.parametrize(
-    "family, pipeline_class",
-    [
-        ("cogvideox", CogVideoXPipeline),
-        ("hunyuan_video", HunyuanVideoPipeline),
-        ("wan", WanPipeline),
-    ],
-)
-def test_tiny_pipeline_saves_reloads_and_renders(family, pipeline_class, tmp_path, monkeypatch):
+def test_tiny_pipeline_saves_reloads_and_renders(family_name, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    family = family_name
     folder = save_tiny_pipeline(family, tmp_path / family, seed=0)
-    pipe = pipeline_class.from_pretrained(folder, local_files_only=True)
+    pipe = get_family(family).pipeline_class().from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    args = _render_args(family, pipe, folder)
+    args = _render_args(family, pipe)
+    if family == "hunyuan_video":  # the template saved with the folder, as the plain pipeline reads it
+        assert args["prompt_template"] == load_prompt_template(folder) == TINY_PROMPT_TEMPLATE
 
     video = _render(pipe, seed=0, **args)
     assert video.shape == (1, FRAMES, SIZE, SIZE, 3)
@@ -71,10 +61,9 @@ def test_tiny_pipeline_saves_reloads_and_renders(family, pipeline_class, tmp_pat
     np.testing.assert_allclose(_render(built, seed=0, **args), video, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "hunyuan_video", "wan"])
-def test_built_pipeline_is_in_eval_mode(family):
+def test_built_pipeline_is_in_eval_mode(family_name):
     """As from_pretrained returns it: dropout off, so the in-memory pipeline renders like the saved one."""
-    pipe = build_tiny_pipeline(family)
+    pipe = build_tiny_pipeline(family_name)
     assert not any(m.training for m in pipe.components.values() if isinstance(m, torch.nn.Module))
 
 
@@ -116,8 +105,8 @@ def test_load_prompt_template(tmp_path):
     assert load_prompt_template(tmp_path) == TINY_PROMPT_TEMPLATE
 
 
-@pytest.mark.parametrize("family", ["hunyuan_video", "wan"])
-def test_cli_writes_a_pipeline_folder(family, tmp_path):
-    tiny_cli(["--family", family, "--output_dir", str(tmp_path), "--seed", "1"])
-    assert (tmp_path / "model_index.json").is_file()
-    assert (tmp_path / "prompt_template.json").is_file() == (family == "hunyuan_video")
+def test_cli_writes_a_pipeline_folder(family_name, tmp_path):
+    tiny_cli(["--family", family_name, "--output_dir", str(tmp_path), "--seed", "1"])
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] in get_family(family_name).pipeline_classes
+    assert (tmp_path / "prompt_template.json").is_file() == (family_name == "hunyuan_video")

@@ -5,45 +5,21 @@ Ctrl-C are handled without losing anything."""
 import json
 import os
 import signal
-from dataclasses import replace
 
 import pytest
 import torch
 
-from receler.checkpoint import load_erasers
 from receler.families import get_family
 from receler.tiny import build_tiny_pipeline
 from receler.train_unlearning_prompt_only import main as train_main
-from receler.train_unlearning_prompt_only import parse_args
-from receler.trainer import EraserTrainer, encode_prompt_set, make_batch
-
-FAMILIES = ["cogvideox", "hunyuan_video", "wan"]
-PROMPTS = ["a photo of nudity on the beach", "nudity in a park at night"]
-PRESERVE = ["a photo of a dressed woman on the beach", "a dressed man in a park at night"]
-SIZE = dict(num_frames=9, height=32, width=32)
-
-
-def make_trainer(family_name, *extra, pipe=None):
-    family = get_family(family_name)
-    pipe = pipe or build_tiny_pipeline(family_name, seed=0)
-    config = parse_args(["--model_path", "unused", "--target_concept", "nudity", "--output_dir", "unused",
-                         "--eraser_rank", "4", "--learning_rate", "1e-3", "--num_inference_steps", "4", *extra])
-    config = replace(config, beta=1.0 if config.beta is None else config.beta)
-    data = encode_prompt_set(family, pipe, PROMPTS, PRESERVE, "nudity", "cpu")
-    trainer = EraserTrainer(family, pipe, config, "cpu")
-    grid = family.token_grid(pipe, **SIZE)
-    batch = make_batch(data, [0, 1], trainer.device, grid)
-    sampler = family.make_sampler(pipe, 4, **SIZE, device="cpu", generator=torch.Generator().manual_seed(0))
-    return trainer, batch, sampler
-
+from receler.trainer import EraserTrainer
 
 def backbone_state(transformer):
     return {k: v.clone() for k, v in transformer.state_dict().items() if ".adapter." not in k}
 
 
-@pytest.mark.parametrize("family_name", FAMILIES)
-def test_two_updates_reach_every_eraser_weight_and_leave_backbone(family_name):
-    trainer, batch, sampler = make_trainer(family_name)
+def test_two_updates_reach_every_eraser_weight_and_leave_backbone(family_name, tiny_runs):
+    trainer, batch, sampler = tiny_runs.trainer(family_name)
     assert batch["found"].all(), "the concept must be located in both prompts for L_loc to run"
     before = backbone_state(trainer.transformer)
     grads = []
@@ -73,8 +49,8 @@ def test_two_updates_reach_every_eraser_weight_and_leave_backbone(family_name):
     assert all(not p.requires_grad for n, p in trainer.transformer.named_parameters() if ".adapter." not in n)
 
 
-def test_unlearning_loss_falls():
-    trainer, batch, sampler = make_trainer("cogvideox", "--alpha", "0", "--beta", "0", "--learning_rate", "1e-2")
+def test_unlearning_loss_falls(tiny_runs):
+    trainer, batch, sampler = tiny_runs.trainer("cogvideox", "--alpha", "0", "--beta", "0", "--learning_rate", "1e-2")
     x = sampler.initial_latents(2)
     losses = [trainer.update(sampler, x, 1, batch)[0]["loss_unlearn"] for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0], losses
@@ -92,7 +68,7 @@ def _hooks_on(model) -> list:
     return left
 
 
-def test_trainers_and_an_attack_in_sequence_leave_no_hooks_behind():
+def test_trainers_and_an_attack_in_sequence_leave_no_hooks_behind(tiny_runs):
     """Each owner (trainer, attack) removes what it put on the model when it is done; no output (and no
     autograd graph) stays held by a hook between calls."""
     from receler.attack import attack_prompts
@@ -100,7 +76,7 @@ def test_trainers_and_an_attack_in_sequence_leave_no_hooks_behind():
     pipe = build_tiny_pipeline("cogvideox", seed=0)
     transformer = pipe.transformer
     for flags in ((), ("--gradient_checkpointing",), ("--loss_target", "ff_all")):
-        trainer, batch, sampler = make_trainer("cogvideox", *flags, pipe=pipe)
+        trainer, batch, sampler = tiny_runs.trainer("cogvideox", *flags, pipe=pipe)
         with trainer:
             trainer.update(sampler, sampler.initial_latents(2), 1, batch)
             assert all(c.value is None for c in trainer.outputs._captures.values()), "no output outlives its call"
@@ -108,39 +84,13 @@ def test_trainers_and_an_attack_in_sequence_leave_no_hooks_behind():
         assert _hooks_on(transformer) == [], flags
         assert not transformer.is_gradient_checkpointing
     attack_prompts(get_family("cogvideox"), pipe, ["a photo of nudity"], num_tokens=2, steps=2, lr=1e-2,
-                   num_inference_steps=2, **SIZE)
+                   num_inference_steps=2, **tiny_runs.SIZE)
     assert _hooks_on(transformer) == []
 
 
-def _change_of_concept_render(family_name, model_dir, eraser_dir) -> float:
-    """Largest change the eraser makes to the first prompt's denoised latents (same seed, 3 steps)."""
-    from receler.sampling import sample
-
-    family = get_family(family_name)
-    pipe = family.load_pipeline(model_dir)
-    cond = family.encode_prompts(pipe, [PROMPTS[0]], "cpu")
-
-    def render():
-        return sample(family, pipe, cond, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
-                      progress=False, **SIZE)
-
-    clean = render()
-    load_erasers(pipe.transformer, family.layout, eraser_dir)
-    return float((render() - clean).abs().max())
-
-
-def _train(tmp_path, model_dir, *extra, name="run"):
-    prompts = tmp_path / "prompts.csv"
-    prompts.write_text("prompt,preserve_prompt\n" + "".join(f'"{p}","{q}"\n' for p, q in zip(PROMPTS, PRESERVE)))
-    out = tmp_path / name
-    argv = ["--model_path", str(model_dir), "--target_concept", "nudity", "--prompts_file", str(prompts),
-            "--output_dir", str(out), "--num_inference_steps", "3", "--eraser_rank", "4",
-            "--learning_rate", "1e-2", "--num_frames", "9", "--height", "32", "--width", "32", *extra]
-    return train_main(argv), out
-
-
-def test_cli_writes_a_loadable_eraser_that_changes_the_concept_prompt(tmp_path, tiny_cogvideox_dir):
-    summary, out = _train(tmp_path, tiny_cogvideox_dir, "--num_epochs", "2", "--save_every", "4")
+@pytest.mark.slow
+def test_cli_writes_a_loadable_eraser_that_changes_the_concept_prompt(tiny_runs, tiny_cogvideox_dir):
+    summary, out = tiny_runs.train(tiny_cogvideox_dir, "--num_epochs", "2", "--save_every", "4")
     assert summary["updates"] == 2 * 2 * 3  # epochs x prompts (batch 1) x timesteps
     for name in ("eraser_config.json", "eraser_weights.pt", "eraser_weights.safetensors", "args.json",
                  "train_log.jsonl", "loss.png"):
@@ -153,7 +103,7 @@ def test_cli_writes_a_loadable_eraser_that_changes_the_concept_prompt(tmp_path, 
     assert config["eraser_type"] == "adapter" and config["eraser_rank"] == 4
     assert config["target_concept"] == "nudity" and config["base_model"]["pipeline_class"] == "CogVideoXPipeline"
 
-    change = _change_of_concept_render("cogvideox", tiny_cogvideox_dir, out)
+    change = tiny_runs.concept_render_change("cogvideox", tiny_cogvideox_dir, out)
     assert change > 1e-3, "a trained eraser must change the concept prompt's video"
 
 
@@ -173,39 +123,33 @@ def test_auto_generated_preserved_concepts_feed_the_preservation_loss(tmp_path, 
     assert all("loss_preserve" in r for r in rows) and rows[-1]["loss_preserve"] > 0
 
 
-@pytest.mark.parametrize("family_name", FAMILIES)
-def test_every_family_trains_with_the_same_flags(family_name, tmp_path, tiny_model_dir):
-    """Issue 11: one CLI, one set of flags, for every family; the eraser changes that family's concept video."""
+def test_every_family_trains_with_the_same_flags(family_name, tiny_runs, tiny_model_dir):
+    """One CLI, one set of flags, for every family; the eraser changes that family's concept video."""
     folder = tiny_model_dir(family_name)
-    summary, out = _train(tmp_path, folder, "--max_steps", "3", "--save_every", "0", name=family_name)
+    summary, out = tiny_runs.train(folder, "--max_steps", "3", "--save_every", "0", name=family_name)
     assert summary["updates"] == 3
     config = json.loads((out / "eraser_config.json").read_text())
     assert config["model_family"] == family_name
 
-    assert _change_of_concept_render(family_name, folder, out) > 1e-4
+    assert tiny_runs.concept_render_change(family_name, folder, out) > 1e-4
 
 
-def _eraser_tensors(folder):
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "eraser_weights.safetensors"))
-
-
-def test_resume_equals_uninterrupted_run(tmp_path, tiny_cogvideox_dir):
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(tiny_runs, tiny_cogvideox_dir):
     common = ("--num_epochs", "2", "--save_every", "0")
-    _, full = _train(tmp_path, tiny_cogvideox_dir, *common, name="full")
+    _, full = tiny_runs.train(tiny_cogvideox_dir, *common, name="full")
     # Stop in the middle of a trajectory (update 5 = step 2 of the second prompt's trajectory), then resume.
-    _, part = _train(tmp_path, tiny_cogvideox_dir, *common, "--max_steps", "5", name="part")
+    _, part = tiny_runs.train(tiny_cogvideox_dir, *common, "--max_steps", "5", name="part")
     assert (part / "checkpoints" / "step_5").exists()
-    _train(tmp_path, tiny_cogvideox_dir, *common, "--resume_from", str(part / "checkpoints" / "step_5"), name="part")
-    a, b = _eraser_tensors(full), _eraser_tensors(part)
+    tiny_runs.train(tiny_cogvideox_dir, *common, "--resume_from", str(part / "checkpoints" / "step_5"), name="part")
+    a, b = tiny_runs.tensors(full), tiny_runs.tensors(part)
     assert set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed erasers must equal the uninterrupted run's bit for bit"
     steps = [json.loads(line)["step"] for line in (part / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cogvideox_dir, monkeypatch, capsys):
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_runs, tiny_cogvideox_dir, monkeypatch, capsys):
     import receler.trainer as trainer_module
 
     calls = {"n": 0}
@@ -218,16 +162,16 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cogv
 
     monkeypatch.setattr(trainer_module, "unlearn_loss", nan_on_third)
     with pytest.raises(SystemExit) as exit_info:
-        _train(tmp_path, tiny_cogvideox_dir, "--save_every", "2")
+        tiny_runs.train(tiny_cogvideox_dir, "--save_every", "2")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "not finite" in err and "Traceback" not in err
     out = tmp_path / "run"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2"]
-    assert all(torch.isfinite(t).all() for t in _eraser_tensors(out / "checkpoints" / "step_2").values())
+    assert all(torch.isfinite(t).all() for t in tiny_runs.tensors(out / "checkpoints" / "step_2").values())
 
 
-def test_ctrl_c_saves_the_erasers_trained_so_far(tmp_path, tiny_cogvideox_dir, monkeypatch):
+def test_ctrl_c_saves_the_erasers_trained_so_far(tiny_runs, tiny_cogvideox_dir, monkeypatch):
     real_update = EraserTrainer.update
     calls = {"n": 0}
 
@@ -238,7 +182,7 @@ def test_ctrl_c_saves_the_erasers_trained_so_far(tmp_path, tiny_cogvideox_dir, m
         return real_update(self, *a, **k)
 
     monkeypatch.setattr(EraserTrainer, "update", interrupt_during_second)
-    summary, out = _train(tmp_path, tiny_cogvideox_dir, "--save_every", "0")
+    summary, out = tiny_runs.train(tiny_cogvideox_dir, "--save_every", "0")
     assert summary["stopped"] == "interrupted" and summary["updates"] == 2
     assert (out / "eraser_weights.safetensors").exists() and (out / "checkpoints" / "step_2").exists()
 

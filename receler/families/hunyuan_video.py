@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import HunyuanVideoPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
 from ..erasers.wrapper import AttentionWithEraser, EraserLayout
+from ..errors import UserError
+from ..inference import InferenceDefaults, InferencePlan, setup_vae, video_size
 from ..sampling import Sampler
-from .base import ModelFamily
+from .base import ModelFamily, Preset
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,18 @@ LAYOUT = EraserLayout(
 
 TEMPLATE_FILE = "prompt_template.json"
 DEFAULT_TEXT_LENGTH = 256  # the pipeline's max_sequence_length
+SCHEDULER = dict(num_train_timesteps=1000, shift=7.0)  # flow matching with a static shift of 7
+
+# The published transformer config (full size, for benchmarks and memory estimates).
+HUNYUAN_VIDEO = dict(
+    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+    num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
+    guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
+)
+
+EMBEDDED_GUIDANCE = 6.0  # HunyuanVideo's guidance-distilled scale, as the pipeline's default
+EMBEDDED_GUIDANCE_WITH_NEGATIVE = 1.0  # with a negative prompt, true CFG does the guiding (original release)
+VIDEO_SIZE = (61, 720, 1280)  # frames, height, width the inference CLI renders by default
 
 
 def template_crop_start(tokenizer, template: str) -> int:
@@ -65,10 +79,11 @@ def template_crop_start(tokenizer, template: str) -> int:
 
 
 def folder_template(pipe) -> dict | None:
-    """The folder's own ``prompt_template.json``, or None."""
-    extra = getattr(pipe, "_tiny_extra_files", {})
-    if TEMPLATE_FILE in extra:
-        return json.loads(extra[TEMPLATE_FILE])
+    """The template the model was trained with, if it says so: the pipeline's own ``prompt_template`` (a tiny
+    model built in memory carries one), else the folder's ``prompt_template.json``; None otherwise."""
+    template = getattr(pipe, "prompt_template", None)
+    if template is not None:
+        return template
     folder = getattr(pipe, "name_or_path", None)
     if folder and (Path(folder) / TEMPLATE_FILE).exists():
         return json.loads((Path(folder) / TEMPLATE_FILE).read_text())
@@ -124,13 +139,107 @@ class HunyuanVideoSampler(Sampler):
         return out.float()
 
 
+class HunyuanVideoInference(InferencePlan):
+    """``test_hunyuan.py``: embedded guidance (one pass per step), true CFG for negative prompts, an eraser weight."""
+
+    @classmethod
+    def add_arguments(cls, parser):
+        g = parser.add_argument_group("HunyuanVideo")
+        g.add_argument("--eraser_weight", type=float, default=1.0,
+                       help="inference-time eraser strength: h + w * eraser(h) (0 renders the clean model) (default: 1.0)")
+        g.add_argument("--true_cfg_scale", type=float, default=6.0,
+                       help="true classifier-free guidance scale, used for videos rendered with a negative prompt "
+                       "(a second transformer pass per step) (default: 6.0)")
+
+    @property
+    def eraser_weight(self):
+        return self.args.eraser_weight
+
+    def check(self):
+        if self.args.eraser_path is None and self.args.eraser_weight != 1.0:
+            logger.warning("--eraser_weight is ignored without --eraser_path")
+
+    def setup(self, pipe):
+        args = self.args
+        video_size(self.family, pipe, args, defaults=VIDEO_SIZE)
+        setup_vae(pipe, args)
+        logger.info("%d frames at %dx%d, %d steps", args.num_frames, args.height, args.width, args.num_inference_steps)
+
+    def call_kwargs(self, pipe):
+        return {"num_frames": self.args.num_frames}
+
+    def render_kwargs(self, negative_prompt):
+        args = self.args
+        if not negative_prompt:
+            guidance = EMBEDDED_GUIDANCE if args.guidance_scale is None else args.guidance_scale
+            return {"guidance_scale": guidance}
+        if args.true_cfg_scale <= 1:
+            raise UserError(
+                f"a negative prompt acts through true CFG, but --true_cfg_scale is {args.true_cfg_scale}; pass a value "
+                f"> 1 (the original release: 6.0)."
+            )
+        guidance = EMBEDDED_GUIDANCE_WITH_NEGATIVE if args.guidance_scale is None else args.guidance_scale
+        return {"negative_prompt": negative_prompt, "true_cfg_scale": args.true_cfg_scale, "guidance_scale": guidance}
+
+
 class HunyuanVideoFamily(ModelFamily):
     name = "hunyuan_video"
     display_name = "HunyuanVideo"
     pipeline_classes = ("HunyuanVideoPipeline",)
+    pipeline_prefix = "HunyuanVideo"
     layout = LAYOUT
     attention_text_position = "last"
     default_loss_target = "velocity"
+    presets = (
+        Preset("hunyuan", "hunyuan_video", HUNYUAN_VIDEO, 49, 512, 768, 256, pooled_dim=768, valid_text_tokens=40),
+    )
+    tiny_builder = "receler.tiny.hunyuan_video:build_tiny_hunyuan_video"
+    inference = InferenceDefaults(
+        script="test_hunyuan.py",
+        num_inference_steps=30,
+        guidance_scale=None,
+        fps=15,
+        guidance_help=f"embedded guidance scale (HunyuanVideo is guidance-distilled: one pass per step). Default: "
+        f"{EMBEDDED_GUIDANCE:g}, or {EMBEDDED_GUIDANCE_WITH_NEGATIVE:g} for videos rendered with a negative prompt, "
+        f"where true CFG (--true_cfg_scale) guides instead, as the original release",
+        frames_help=f"frames per video, 4k+1 (default: {VIDEO_SIZE[0]})",
+        size_help="video {what} in pixels, a multiple of 16 (default: %d high, %d wide)" % VIDEO_SIZE[1:],
+        description="Render prompts with HunyuanVideo and an eraser: the same seed renders the clean video (erasers "
+        "off) and the erased one on one loaded model, side by side; optionally with a negative-prompt or SAFREE "
+        "baseline.",
+        epilog="""\
+defaults follow the original release: 30 steps, embedded guidance 6.0, 720x1280, 15 fps, VAE tiling, a CPU
+generator seeded with --seed for every video. Outputs as test_cogvideo.py: <prefix>_clean.mp4,
+<prefix>_erased.mp4, <prefix>_negprompt.mp4 / _safree.mp4, <prefix>_compare.mp4, <prefix>_grid.png, prompts.json.
+""",
+        video_size=VIDEO_SIZE,
+    )
+    inference_plan = HunyuanVideoInference
+
+    def transformer_class(self):
+        return HunyuanVideoTransformer3DModel
+
+    def default_scheduler(self):
+        return FlowMatchEulerDiscreteScheduler(**SCHEDULER)
+
+    def random_conditioning(self, preset, batch_size, generator):
+        cond = super().random_conditioning(preset, batch_size, generator)
+        cond["pooled_projections"] = torch.randn(batch_size, preset.pooled_dim, generator=generator)
+        return cond
+
+    def save_pipeline(self, pipe, folder):
+        folder = super().save_pipeline(pipe, folder)
+        template = getattr(pipe, "prompt_template", None)
+        if template is not None:  # a model with its own tokenizer saves the template sized for it
+            (folder / TEMPLATE_FILE).write_text(json.dumps(template, indent=2))
+        return folder
+
+    def text_length(self, pipe):
+        return text_length(pipe)
+
+    def unguided_pipeline_kwargs(self, pipe):
+        # guidance_scale is the embedded (distilled) guidance the sampler also passes; true CFG stays off
+        return {"guidance_scale": HunyuanVideoSampler.embedded_guidance, **self.pipeline_text_kwargs(pipe)}
 
     def pipeline_class(self):
         return HunyuanVideoPipeline
@@ -208,17 +317,8 @@ class HunyuanVideoFamily(ModelFamily):
     def default_video_size(self, pipe):
         return 49, 512, 768
 
-    def text_tokens(self, transformer_config):
-        return DEFAULT_TEXT_LENGTH
-
     def make_sampler(self, pipe, num_inference_steps, num_frames, height, width, device, generator=None):
         return HunyuanVideoSampler(pipe, num_inference_steps, num_frames, height, width, device, generator)
-
-    def with_soft_tokens(self, cond, positions, vectors):
-        out = super().with_soft_tokens(cond, positions, vectors)
-        mask = cond["encoder_attention_mask"].clone()  # the learned tokens must be attended, not masked as padding
-        mask[torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(positions), positions] = 1
-        return {**out, "encoder_attention_mask": mask}
 
     def block_modules(self, transformer):
         return list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)

@@ -9,12 +9,13 @@
   gives each video token's attention on the concept directly.
 """
 
-from diffusers import WanPipeline
+from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ..erasers.wrapper import AttentionWithEraser, EraserLayout
+from ..inference import InferenceDefaults
 from ..sampling import Sampler
-from .base import ModelFamily
+from .base import ModelFamily, Preset
 
 
 class WanWithEraser(AttentionWithEraser):
@@ -31,9 +32,32 @@ LAYOUT = EraserLayout(
 
 MAX_TEXT_LENGTH = 512
 
+# Wan2.1-T2V-1.3B's scheduler: UniPC on flow-matching sigmas shifted by 3.
+SCHEDULER = dict(
+    num_train_timesteps=1000,
+    prediction_type="flow_prediction",
+    use_flow_sigmas=True,
+    flow_shift=3.0,
+    solver_order=2,
+    solver_type="bh2",
+    predict_x0=True,
+    lower_order_final=True,
+    final_sigmas_type="zero",
+    timestep_spacing="linspace",
+)
+
+# The published transformer configs (full size, for benchmarks and memory estimates).
+WAN_1_3B = dict(
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+    eps=1e-6, rope_max_seq_len=1024,
+)
+WAN_14B = {**WAN_1_3B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+
 
 def text_length(pipe) -> int:
-    return min(MAX_TEXT_LENGTH, int(pipe.tokenizer.model_max_length))
+    tokenizer = getattr(pipe, "tokenizer", None)
+    return MAX_TEXT_LENGTH if tokenizer is None else min(MAX_TEXT_LENGTH, int(tokenizer.model_max_length))
 
 
 class WanSampler(Sampler):
@@ -58,6 +82,7 @@ class WanFamily(ModelFamily):
     name = "wan"
     display_name = "Wan"
     pipeline_classes = ("WanPipeline",)
+    pipeline_prefix = "Wan"
     layout = LAYOUT
     attention_text_position = "cross"
     default_loss_target = "ff"
@@ -65,6 +90,37 @@ class WanFamily(ModelFamily):
     # (fitted to the 1.3B and 14B checkpointed measurements; the saved figure is extrapolated, unmeasured).
     memory_saved_per_block = 35.0
     memory_backward_transient = 30.0
+    presets = (
+        Preset("wan-1.3b", "wan", WAN_1_3B, 81, 480, 832, 512),
+        Preset("wan-14b", "wan", WAN_14B, 81, 480, 832, 512),
+    )
+    tiny_builder = "receler.tiny.wan:build_tiny_wan"
+    inference = InferenceDefaults(
+        script="test_wan.py",
+        num_inference_steps=50,
+        guidance_scale=5.0,
+        fps=16,
+        guidance_help="classifier-free guidance scale; 1 turns guidance (and any negative prompt) off (default: 5.0, "
+        "as Wan 2.1)",
+        frames_help="frames per video, 4k+1 (default: 81, Wan 2.1's)",
+        size_help="video {what} in pixels, a multiple of 16 (default: 480x832, Wan 2.1's)",
+        description="Render prompts with Wan 2.1 and an eraser: the same seed renders the clean video (erasers off) "
+        "and the erased one on one loaded model, side by side; optionally with a negative-prompt or SAFREE baseline.",
+        epilog="""\
+defaults follow Wan 2.1: 50 steps, guidance 5.0, 81 frames at 480x832, 16 fps, a CPU generator seeded with
+--seed for every video. Outputs as test_cogvideo.py: <prefix>_clean.mp4, <prefix>_erased.mp4,
+<prefix>_negprompt.mp4 / _safree.mp4, <prefix>_compare.mp4, <prefix>_grid.png, prompts.json.
+""",
+    )
+
+    def transformer_class(self):
+        return WanTransformer3DModel
+
+    def default_scheduler(self):
+        return UniPCMultistepScheduler(**SCHEDULER)
+
+    def text_length(self, pipe):
+        return text_length(pipe)
 
     def pipeline_class(self):
         return WanPipeline
@@ -91,9 +147,6 @@ class WanFamily(ModelFamily):
 
     def default_video_size(self, pipe):
         return 81, 480, 832
-
-    def text_tokens(self, transformer_config):
-        return MAX_TEXT_LENGTH
 
     def make_sampler(self, pipe, num_inference_steps, num_frames, height, width, device, generator=None):
         return WanSampler(pipe, num_inference_steps, num_frames, height, width, device, generator)

@@ -1,36 +1,24 @@
 """Tiny pipelines with random weights, built entirely offline, standing in for real models in tests and demos.
 
 ``python -m receler.tiny --family cogvideox --output_dir models/tiny-cogvideox`` writes a diffusers
-folder that ``CogVideoXPipeline.from_pretrained`` loads; likewise ``hunyuan_video`` and ``wan``.
+folder that the family's pipeline class loads; likewise for every other registered family. Each family
+names its builder (``ModelFamily.tiny_builder``, a module here), imported only when used.
 """
 
-import importlib
 from pathlib import Path
 
-# family -> (module, builder function); imported lazily so building one family never imports the others.
-_BUILDERS = {
-    "cogvideox": ("receler.tiny.cogvideox", "build_tiny_cogvideox"),
-    "hunyuan_video": ("receler.tiny.hunyuan_video", "build_tiny_hunyuan_video"),
-    "wan": ("receler.tiny.wan", "build_tiny_wan"),
-}
+from ..families import FAMILY_NAMES, get_family
 
-TINY_FAMILIES = tuple(_BUILDERS)
+TINY_FAMILIES = FAMILY_NAMES
 
 
 def build_tiny_pipeline(family: str, **kwargs):
     """Build (in memory) the tiny pipeline of ``family``; ``kwargs`` go to that family's builder."""
-    if family not in _BUILDERS:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(_BUILDERS)}")
-    module, name = _BUILDERS[family]
-    return getattr(importlib.import_module(module), name)(**kwargs)
+    if family not in FAMILY_NAMES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILY_NAMES)}")
+    return get_family(family).build_tiny(**kwargs)
 
 
 def save_tiny_pipeline(family: str, folder, **kwargs) -> Path:
-    """Build the tiny pipeline of ``family`` and save it as a diffusers folder (plus any extra files it needs)."""
-    folder = Path(folder)
-    pipe = build_tiny_pipeline(family, **kwargs)
-    pipe.save_pretrained(folder)
-    extra = getattr(pipe, "_tiny_extra_files", {})  # e.g. HunyuanVideo's prompt template for the tiny tokenizer
-    for name, text in extra.items():
-        (folder / name).write_text(text)
-    return folder
+    """Build the tiny pipeline of ``family`` and save it as a diffusers folder the family loads back the same."""
+    return get_family(family).save_pipeline(build_tiny_pipeline(family, **kwargs), Path(folder))

@@ -10,23 +10,8 @@ from diffusers import (
 )
 from transformers import T5Config, T5EncoderModel
 
+from ..families.cogvideox import SCHEDULER_2B  # noqa: F401  (also imported from here by the world model's trainer)
 from .tokenizers import build_t5_tokenizer, tiny_t5_config
-
-# CogVideoX-2b's scheduler: v-prediction, zero terminal SNR, trailing spacing. 5b uses the same
-# settings with snr_shift_scale 1.0 and the DPM solver at inference.
-SCHEDULER_2B = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=True,
-    steps_offset=0,
-    prediction_type="v_prediction",
-    rescale_betas_zero_snr=True,
-    timestep_spacing="trailing",
-    snr_shift_scale=3.0,
-)
 
 TEXT_LEN = 16  # max_text_seq_length of the tiny transformer (226 in the real models)
 

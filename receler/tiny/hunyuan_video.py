@@ -43,6 +43,7 @@ from diffusers import (
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConfig, LlamaModel, LlamaTokenizerFast
 
+from ..families.hunyuan_video import SCHEDULER
 from .tokenizers import WORDS
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,6 @@ TINY_PROMPT_TEMPLATE = {
 
 LLAMA_SPECIALS = [UNK, BOS, EOS, PAD, *TEMPLATE_TOKENS, *(f"<0x{i:02X}>" for i in range(256))]
 LLAMA_ALPHABET = "\u2581" + string.ascii_letters + string.digits + string.punctuation
-
-# HunyuanVideo's scheduler: flow matching with a static shift of 7.
-SCHEDULER = dict(num_train_timesteps=1000, shift=7.0)
 
 
 def _train_bpe(model: models.BPE, corpus: list, **trainer_kwargs) -> tuple:
@@ -254,8 +252,8 @@ def build_tiny_hunyuan_video(
         vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER),
     )
-    if not chars:
-        pipe._tiny_extra_files = {"prompt_template.json": json.dumps(TINY_PROMPT_TEMPLATE, indent=2)}
+    if not chars:  # a character-level folder carries no template: its crop is counted from its tokenizer
+        pipe.prompt_template = dict(TINY_PROMPT_TEMPLATE)  # the family saves it with the folder (prompt_template.json)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()  # as from_pretrained leaves them, so the in-memory pipeline renders the same

@@ -21,25 +21,12 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from transformers import UMT5Config, UMT5EncoderModel
 
+from ..families.wan import SCHEDULER
 from .tokenizers import build_t5_tokenizer, tiny_t5_config
 
 logger = logging.getLogger(__name__)
 
 TEXT_LEN = 16  # max_sequence_length to render with (512 for the real model)
-
-# Wan2.1-T2V-1.3B's scheduler: UniPC on flow-matching sigmas shifted by 3.
-SCHEDULER = dict(
-    num_train_timesteps=1000,
-    prediction_type="flow_prediction",
-    use_flow_sigmas=True,
-    flow_shift=3.0,
-    solver_order=2,
-    solver_type="bh2",
-    predict_x0=True,
-    lower_order_final=True,
-    final_sigmas_type="zero",
-    timestep_spacing="linspace",
-)
 
 # The first 4 of the real VAE's 16 per-channel latent statistics: the pipeline un-normalizes latents with
 # them before decoding, and values other than 0 / 1 keep that step visible in tests.
