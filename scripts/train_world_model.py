@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import math
 import os
@@ -103,6 +104,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="Weight of the KL term (per latent element) next to the per-pixel reconstruction loss.")
     vae.add_argument("--vae_foreground_weight", type=float, default=9.0,
                      help="Extra loss weight on pixels that differ from the background (the shapes).")
+    vae.add_argument("--vae_finetune_steps", type=int, default=1000,
+                     help="A last phase on whole clips from a fresh pool of videos, with a fresh optimizer and a "
+                          "lower learning rate: it sharpens shapes in the frames that share a latent with others "
+                          "(a moving square's corners).")
+    vae.add_argument("--vae_finetune_lr", type=float, default=3e-4, help="Peak AdamW learning rate of that phase.")
     vae.add_argument("--vae_from", default=None,
                      help="Reuse the tokenizer, text encoder and VAE of this world-model folder and train only the "
                           "transformer (for iterating on the transformer).")
@@ -354,6 +360,39 @@ def train_vae(vae, args) -> dict:
     return stats
 
 
+def finetune_vae(vae, args) -> dict:
+    """The VAE's last phase: clips from a fresh pool (other videos than the first phases'), fresh optimizer, own
+    random stream, so a run resumed after the first phases ends exactly as an uninterrupted one."""
+    from tqdm.auto import tqdm
+
+    _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + 102, two_shape_prob=args.two_shape_prob))
+    pool = np.concatenate(pool)
+    generator = torch.Generator().manual_seed(args.seed + 103)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_finetune_lr, weight_decay=0.0)
+    vae.train().requires_grad_(True)
+    running = None
+    steps = args.vae_finetune_steps
+    progress = tqdm(range(steps), desc="vae (finetune)", unit="step", mininterval=5)
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, args.vae_finetune_lr, warmup=min(20, steps))
+        index = torch.randint(len(pool), (args.vae_batch_size,), generator=generator).numpy()
+        loss, rec, kl = vae_loss(vae, to_model_video(pool[index]), args, generator)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"VAE loss is not finite at finetune step {step}; lower --vae_finetune_lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        running = rec.item() if running is None else 0.95 * running + 0.05 * rec.item()
+        progress.set_postfix(rec=f"{running:.4f}", kl=f"{kl.item():.3f}", refresh=False)
+        if (step + 1) % args.log_every == 0 or step + 1 == steps:
+            logger.info("vae finetune step %d/%d: weighted reconstruction %.4f (running), kl %.3f", step + 1, steps,
+                        running, kl.item())
+    vae.eval().requires_grad_(False)
+    return {"final_reconstruction_loss_finetune": running}
+
+
 @torch.no_grad()
 def encode_videos(vae, videos: np.ndarray, batch_size: int = 16) -> torch.Tensor:
     """Posterior means, in the transformer's layout ``[B, F_latent, C, h, w]`` (unscaled)."""
@@ -589,14 +628,25 @@ def vae_check(vae, args, count: int = 96) -> dict:
     return {key: scores[key] for key in ACCURACY_KEYS[:4]}
 
 
-def save_frozen_parts(folder: Path, text_encoder, vae) -> None:
-    """The trained VAE stage, in the layout ``--vae_from`` reads, so a resumed run skips it."""
+def save_frozen_parts(folder: Path, text_encoder, vae, phases: list, stats: dict) -> None:
+    """The trained VAE stage, in the layout ``--vae_from`` reads, with the VAE phases done (``phases.json``), so a
+    resumed run does only what is left."""
     staging = folder.parent / f".{folder.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     text_encoder.save_pretrained(staging / "text_encoder")
     vae.save_pretrained(staging / "vae")
+    atomic_write_json(staging / "phases.json", {"phases": phases, "stats": stats})
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
+
+
+def vae_phases_done(folder: Path) -> tuple[list, dict]:
+    """``(phases, stats)`` of a saved VAE stage (a stage saved before phases were recorded did the first two)."""
+    marker = folder / "phases.json"
+    if not marker.is_file():
+        return ["frames", "clips"], {}
+    saved = json.loads(marker.read_text())
+    return saved["phases"], saved.get("stats", {})
 
 
 # ----------------------------------------------------------------------------- main
@@ -620,20 +670,29 @@ def main(argv=None) -> dict:
     vae_stage = state_dir / "vae_stage"
     if args.resume and args.vae_from is None and (vae_stage / "vae" / "config.json").is_file():
         args.vae_from = str(vae_stage)
+        logger.info("resuming from %s: the VAE phases %s are done", state_dir, vae_phases_done(vae_stage)[0])
     timings = {}
     started = time.perf_counter()
 
     stage = time.perf_counter()
     if args.vae_from is not None:
         tokenizer, text_encoder, vae, vae_stats = load_frozen_parts(args)
+        phases, saved_stats = vae_phases_done(Path(args.vae_from))
+        vae_stats = {**vae_stats, **saved_stats}
     else:
         tokenizer, text_encoder = build_text_encoder(args)
         vae = build_vae(args)
         logger.info("training the VAE (%d parameters): %d steps on frames, %d on clips", count_parameters(vae),
                     args.vae_image_steps, args.vae_steps)
-        vae_stats = train_vae(vae, args)
-        save_frozen_parts(vae_stage, text_encoder, vae)
-    vae_stats = {**vae_stats, "reconstruction": vae_check(vae, args)}
+        vae_stats, phases = train_vae(vae, args), ["frames", "clips"]
+        save_frozen_parts(vae_stage, text_encoder, vae, phases, vae_stats)
+    ours = args.vae_from is None or Path(args.vae_from) == vae_stage  # another model's VAE is reused as it is
+    if ours and "finetune" not in phases and args.vae_finetune_steps > 0:
+        logger.info("fine-tuning the VAE on clips: %d steps", args.vae_finetune_steps)
+        vae_stats.update(finetune_vae(vae, args))
+        phases = phases + ["finetune"]
+        save_frozen_parts(vae_stage, text_encoder, vae, phases, vae_stats)
+    vae_stats = {**vae_stats, "phases": phases, "reconstruction": vae_check(vae, args)}
     timings["vae_training_s"] = time.perf_counter() - stage
 
     spatial_scale = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -645,16 +704,17 @@ def main(argv=None) -> dict:
 
     stage = time.perf_counter()
     cache = state_dir / "latents.pt"
-    if args.resume and cache.is_file():
-        data = torch.load(cache, map_location="cpu", weights_only=True)
+    data = torch.load(cache, map_location="cpu", weights_only=True) if args.resume and cache.is_file() else None
+    if data is not None and data.get("vae_phases") == phases:
         logger.info("reusing the encoded dataset in %s", cache)
     else:
         latents, caption_index, caption_embeds = encode_dataset(pipe, args)
         # Unit-variance latents suit the scheduler's noise levels; the pipeline divides by this on decode.
         scaling_factor = float(1.0 / latents.std())
         data = {"latents": latents * scaling_factor, "caption_index": caption_index,
-                "caption_embeds": caption_embeds, "scaling_factor": scaling_factor}
+                "caption_embeds": caption_embeds, "scaling_factor": scaling_factor, "vae_phases": phases}
         atomic_write(cache, lambda tmp: torch.save(data, tmp))
+        (state_dir / "transformer_state.pt").unlink(missing_ok=True)  # trained on other latents
     latents, caption_index, caption_embeds = data["latents"], data["caption_index"], data["caption_embeds"]
     scaling_factor = float(data["scaling_factor"])
     vae.register_to_config(scaling_factor=scaling_factor)
