@@ -15,7 +15,13 @@ from receler.tiny import build_tiny_pipeline, save_tiny_pipeline
 from receler.tiny.hunyuan_video import TINY_PROMPT_TEMPLATE, build_char_llama_tokenizer, build_llama_tokenizer
 from receler.trainer import encode_prompt_set
 from tests.test_attack import _tiny_eraser
-from tests.test_trainer import PROMPTS, _train
+from tests.conftest import TinyRuns
+
+PROMPTS = TinyRuns.PROMPTS
+
+
+def _train(tmp_path, model_dir, *extra, name="run"):
+    return TinyRuns(tmp_path).train(model_dir, *extra, name=name)
 
 PROMPT = "nudity on the beach"
 TEMPLATES = {"tiny": TINY_PROMPT_TEMPLATE["template"], "diffusers": DEFAULT_PROMPT_TEMPLATE["template"]}
@@ -55,10 +61,9 @@ def test_a_folder_template_wins_and_a_missing_crop_is_counted():
     counted = template_crop_start(pipe.tokenizer, DEFAULT_PROMPT_TEMPLATE["template"])
     assert prompt_template(pipe) == {**DEFAULT_PROMPT_TEMPLATE, "crop_start": counted}  # no template file
     own = {"template": TINY_PROMPT_TEMPLATE["template"], "crop_start": 7, "max_sequence_length": 16}
-    pipe._tiny_extra_files = {"prompt_template.json": json.dumps(own)}
+    pipe.prompt_template = own
     assert prompt_template(pipe) == own  # the folder's crop_start is taken as written
-    del own["crop_start"]
-    pipe._tiny_extra_files = {"prompt_template.json": json.dumps(own)}
+    pipe.prompt_template = {k: v for k, v in own.items() if k != "crop_start"}
     assert prompt_template(pipe)["crop_start"] == template_crop_start(pipe.tokenizer, own["template"])
 
 
