@@ -238,9 +238,12 @@ def test_ctrl_c_saves_the_erasers_trained_so_far(tmp_path, tiny_cogvideox_dir, m
         return real_update(self, *a, **k)
 
     monkeypatch.setattr(EraserTrainer, "update", interrupt_during_second)
-    summary, out = _train(tmp_path, tiny_cogvideox_dir, "--save_every", "0")
-    assert summary["stopped"] == "interrupted" and summary["updates"] == 2
+    with pytest.raises(SystemExit) as exit_info:  # the CLI exits 130 so `set -e` scripts stop (issue 17)
+        _train(tmp_path, tiny_cogvideox_dir, "--save_every", "0")
+    assert exit_info.value.code == 130
+    out = tmp_path / "run"
     assert (out / "eraser_weights.safetensors").exists() and (out / "checkpoints" / "step_2").exists()
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 
 
 @pytest.mark.parametrize(
