@@ -48,7 +48,8 @@ class RunInterrupted(Exception):
 
 def cli_entry(main):
     """Wrap a CLI's ``main(argv)`` so a :class:`UserError` becomes one clear message and exit code 2, and
-    an interruption (:class:`RunInterrupted`, or a Ctrl-C nobody handled) exit code 130.
+    a run that stopped early on request (:class:`RunInterrupted`) exit code 130. A Ctrl-C nobody handled
+    stays a ``KeyboardInterrupt`` (Python exits 130 for it too).
 
     Tests call the wrapped function directly and catch ``SystemExit``; programming errors still
     raise with their traceback, because those are ours to fix, not the user's.
@@ -63,9 +64,6 @@ def cli_entry(main):
             raise SystemExit(2) from None
         except RunInterrupted as err:
             print(f"interrupted: {err}", file=sys.stderr)
-            raise SystemExit(EXIT_INTERRUPTED) from None
-        except KeyboardInterrupt:
-            print("interrupted: stopped by Ctrl-C", file=sys.stderr)
             raise SystemExit(EXIT_INTERRUPTED) from None
 
     return wrapper

@@ -385,11 +385,10 @@ def test_a_checkpoint_killed_while_saving_is_never_loadable(run_dir, prompts, ti
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer_module, "save_eraser_folder", dies_after_the_weights)
-    with pytest.raises(SystemExit) as exit_info:  # resumed from step_2 into its own folder, killed saving step_3
+    with pytest.raises(KeyboardInterrupt):  # resumed from step_2 into its own folder, killed saving step_3
         train_main(train_argv(tiny_cogvideox_dir, prompts, run_dir, "--resume_from",
                               str(run_dir / "checkpoints" / "step_2"), "--save_every", "1"))
     monkeypatch.undo()
-    assert exit_info.value.code == 130
     assert not (run_dir / "checkpoints" / "step_3").exists(), "an unfinished checkpoint never bears a step name"
     assert (run_dir / "checkpoints" / ".step_3.partial" / "eraser_weights.pt").exists()
     assert snapshot(run_dir / "checkpoints" / "step_2") == before
