@@ -203,7 +203,7 @@ def check_finite(state: dict, source: str, hint: str = "this eraser is broken (i
 # ------------------------------------------------------------------------------------------------ read
 
 
-def _unflatten(flat: dict) -> dict:
+def _unflatten(flat: dict, path="the safetensors eraser file") -> dict:
     state = {}
     for key, tensor in flat.items():
         for adapter_key in ADAPTER_KEYS:
@@ -211,7 +211,7 @@ def _unflatten(flat: dict) -> dict:
                 state.setdefault(key[: -len(adapter_key) - 1], {})[adapter_key] = tensor
                 break
         else:
-            raise CheckpointError(f"unexpected tensor '{key}' in the safetensors eraser file (not an adapter weight)")
+            raise CheckpointError(f"unexpected tensor '{key}' in {path} (not an adapter weight: {', '.join(ADAPTER_KEYS)})")
     return state
 
 
@@ -263,7 +263,7 @@ def read_eraser_folder(path) -> tuple:
     else:
         weights = choose_weights(folder, [path])
     try:
-        state = _unflatten(load_safetensors(str(weights))) if weights.suffix == ".safetensors" else _load_pt(weights)
+        state = _unflatten(load_safetensors(str(weights)), weights) if weights.suffix == ".safetensors" else _load_pt(weights)
     except CheckpointError:
         raise
     except Exception as err:  # safetensors raises its own error types for corrupt files

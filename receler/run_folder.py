@@ -255,13 +255,14 @@ def _make_room(folder: Path, resume_from, overwrite: bool) -> Path | None:
         return None
     if overwrite:
         return move_aside(entries + [e for e in folder.iterdir() if is_debris(e)], folder, "--overwrite")
-    checkpoints = sorted((folder / CHECKPOINTS).glob("step_*")) if (folder / CHECKPOINTS).is_dir() else []
-    example = checkpoints[-1] if checkpoints else folder / CHECKPOINTS / "step_N"
+    steps = [p for p in (folder / CHECKPOINTS).glob("step_*") if checkpoint_step(p) is not None] \
+        if (folder / CHECKPOINTS).is_dir() else []
+    resume = (f"To continue the run that wrote them, pass --resume_from {max(steps, key=checkpoint_step)}; "
+              if steps else "It holds no checkpoint to --resume_from. ")
     raise UserError(
         f"--output_dir {folder} already holds files ({_describe(entries)}): training there would overwrite "
-        f"them. To continue the run that wrote them, pass --resume_from {example}; to start over, pass "
-        f"--overwrite (the old contents are moved to {folder.name}.old-<time>/ beside it, nothing is deleted); "
-        f"or choose another --output_dir."
+        f"them. {resume}To start over there, pass --overwrite (the old contents are moved to "
+        f"{folder.name}.old-<time>/ beside it, nothing is deleted); or choose another --output_dir."
     )
 
 

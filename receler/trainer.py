@@ -475,7 +475,7 @@ class EraserTrainer:
 
     def load_checkpoint(self, folder) -> dict:
         folder = Path(folder)
-        check_checkpoint_folder(folder)
+        _check_checkpoint_files(folder)
         load_erasers(self.transformer, self.family.layout, folder, eraser_rank=self.config.eraser_rank)
         state = read_training_state(folder / STATE_NAME)
         if state.get("world_size", 1) != self.dist.world_size:
@@ -516,6 +516,16 @@ def check_checkpoint_folder(folder, eraser_rank: int | None = None) -> None:
     """Fail clearly unless ``folder`` is a complete training checkpoint whose files all read back (before the
     model loads, and before anything in the output folder is moved for the resume)."""
     folder = Path(folder)
+    _check_checkpoint_files(folder)
+    read_training_state(folder / STATE_NAME)
+    _, state, _ = read_eraser_folder(folder)
+    rank = eraser_rank_of(state)
+    if eraser_rank is not None and rank != eraser_rank:
+        raise UserError(f"--resume_from {folder} holds erasers of rank {rank} but --eraser_rank is {eraser_rank}; "
+                        f"resume with --eraser_rank {rank}.")
+
+
+def _check_checkpoint_files(folder: Path) -> None:
     if not folder.is_dir():
         raise UserError(f"--resume_from {folder} does not exist{' (it is a file)' if folder.exists() else ''}; pass "
                         f"a checkpoint folder such as <output_dir>/checkpoints/step_100.")
@@ -525,12 +535,6 @@ def check_checkpoint_folder(folder, eraser_rank: int | None = None) -> None:
             f"<output_dir>/checkpoints/step_100."
         )
     verify_file(folder, STATE_NAME)
-    read_training_state(folder / STATE_NAME)
-    _, state, weights = read_eraser_folder(folder)
-    rank = eraser_rank_of(state)
-    if eraser_rank is not None and rank != eraser_rank:
-        raise UserError(f"--resume_from {folder} holds erasers of rank {rank} but --eraser_rank is {eraser_rank}; "
-                        f"resume with --eraser_rank {rank}.")
 
 
 def read_training_state(path, keys=("position", "optimizer")) -> dict:
