@@ -144,6 +144,8 @@ def is_debris(path: Path) -> bool:
     """A file or folder an interrupted run leaves behind that nothing can load: an unfinished atomic write
     (``.<name>.<random>.tmp``) or an unfinished checkpoint (``checkpoints/.step_N.partial``)."""
     name = path.name
+    if name.startswith(LOCK_NAME):  # a lock being created by another process this instant: not ours to remove
+        return False
     return (name.startswith(".") and name.endswith(TMP_SUFFIX)) or (name.startswith(".step_") and name.endswith(PARTIAL_SUFFIX))
 
 
@@ -154,7 +156,7 @@ def remove_debris(folder) -> list:
         if not parent.is_dir():
             continue
         for entry in parent.iterdir():
-            if entry.name == LOCK_NAME or not is_debris(entry):
+            if not is_debris(entry):
                 continue
             with writing(entry):
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
