@@ -31,7 +31,8 @@ from receler.devices import DTYPES
 from receler.erasers.utils import DisableEraser
 from receler.errors import UserError, cli_entry, setup_logging
 from receler.families import FAMILY_NAMES, resolve_family
-from receler.io_utils import atomic_write, atomic_write_json
+from receler.flag_checks import check_floats, check_ints
+from receler.io_utils import atomic_write, atomic_write_json, make_folder
 from receler.sharding import (ShardLog, add_shard_argument, current_shard, fingerprint, merge_rows, process_device,
                               read_shard_file, shard_files)
 
@@ -136,7 +137,21 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if (args.prompt is None) == (args.prompts_file is None):
         p.error("give exactly one of --prompt or --prompts_file")
+    check_args(args)
     return args
+
+
+def check_args(args) -> None:
+    """The numeric flags, before the model loads (a zero size would silently become the model's default)."""
+    check_ints(args, ("num_tokens", "steps", "num_inference_steps"))
+    check_ints(args, ("num_frames", "height", "width"), hint="; leave it out for the model's own")
+    check_floats(args, ("lr",), low=0.0, above=True)
+    check_floats(args, ("fps",), low=0.0, above=True)
+    check_floats(args, ("attack_eta", "guidance_scale"), low=0.0)
+    check_floats(args, ("eraser_weight",))
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise UserError(f"--output_dir {args.output_dir} is a file, not a folder: pass the folder the attack should "
+                        f"write to.")
 
 
 def render(family, pipe, seed, size, steps, guidance, text=None, cond=None, erasers=True) -> np.ndarray:
@@ -344,7 +359,7 @@ def main(argv=None):
     family.check_frames(size[0])
 
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     prompts = [p for p, _ in rows]
     settings = learn_settings(args, prompts, size)
     soft_path = out / SOFT_PROMPT_FILE

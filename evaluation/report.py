@@ -30,7 +30,7 @@ except ImportError:
 
 from evaluation.common import resolve_prompts
 from receler.errors import UserError, cli_entry, setup_logging
-from receler.io_utils import atomic_write_text
+from receler.io_utils import atomic_write_text, make_folder
 from receler.media import VideoReadError, find_video_pairs, frame_grid, read_video, save_png
 from receler.plots import plot_train_log, read_train_log
 
@@ -192,7 +192,7 @@ def write_report(
     output_path = Path(output_path)
     assets_name = f"{output_path.stem}_files"
     assets = output_path.parent / assets_name
-    assets.mkdir(parents=True, exist_ok=True)
+    make_folder(assets)
 
     def img(filename: str, alt: str) -> str:
         return f'<img src="{_e(quote(f"{assets_name}/{filename}"))}" alt="{_e(alt)}">'
@@ -321,6 +321,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UserError(f"--max_frames {args.max_frames} must be 1 or more.")
     if args.thumb_height < 8:
         raise UserError(f"--thumb_height {args.thumb_height} must be 8 or more.")
+    if args.max_videos is not None and args.max_videos < 1:
+        raise UserError(f"--max_videos {args.max_videos} must be 1 or more (leave it out to show every prompt).")
     return args
 
 

@@ -80,7 +80,8 @@ def add_generation_arguments(
                    "(e.g. http://localhost:8000/v1 for a local vLLM or llama.cpp server). The API key, if any, is "
                    "read from the OPENAI_API_KEY environment variable")
     g.add_argument("--llm_model", default=DEFAULT_LLM_MODEL, help="model name sent to the endpoint")
-    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the endpoint's answer")
+    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help="seconds to wait for the endpoint's whole answer (connecting, waiting and reading together)")
 
     g = p.add_argument_group("list method")
     g.add_argument("--concepts_file", default=None,
@@ -93,8 +94,12 @@ def check_generation_args(args) -> None:
         raise UserError(f"--num_concepts must be at least 1 (got {args.num_concepts}).")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1 (got {args.batch_size}).")
-    if args.timeout <= 0:
-        raise UserError(f"--timeout must be positive (got {args.timeout}).")
+    if not args.timeout > 0 or args.timeout == float("inf"):
+        raise UserError(f"--timeout must be a positive number of seconds (got {args.timeout}).")
+    if args.method == "llm":
+        from receler.preserved_concepts import check_llm_url
+
+        check_llm_url(args.llm_base_url)
     if not -1.0 <= args.min_similarity <= args.max_similarity <= 1.0:
         raise UserError(
             f"--min_similarity {args.min_similarity} / --max_similarity {args.max_similarity}: the band must satisfy "

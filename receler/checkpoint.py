@@ -5,8 +5,16 @@ ignore unknown keys), ``eraser_weights.pt`` (``torch.save`` of ``{module_name: a
 the layout of the published erasers) and ``eraser_weights.safetensors`` (the same, flat keys
 ``<module_name>.down.weight``). Reading prefers safetensors; ``.pt`` is read with
 ``weights_only=True`` so a checkpoint can never run code.
+
+Folders written here also hold ``eraser_manifest.json``: each file is replaced atomically, but three files
+cannot be replaced at once, so the manifest records the SHA-256 of the files being written and of those they
+replace before the first one is written, and of the complete save after the last. A reader then loads a
+weights file and config of one save (the new one, or the old one after a save that was killed half way) and
+refuses a folder that mixes two. A folder without a manifest (a published eraser, or one from an older
+version) loads as before. Eraser weights must be finite, on save and on load.
 """
 
+import hashlib
 import json
 import logging
 import pickle
@@ -14,17 +22,18 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save_file as save_safetensors
+from safetensors.torch import save as safetensors_bytes
 
 from .erasers.wrapper import ADAPTER_KEYS, EraserLayout, attach_erasers, collect_erasers, eraser_rank_of, eraser_state
 from .errors import UserError
-from .io_utils import atomic_write, atomic_write_json
+from .io_utils import atomic_write_bytes, atomic_write_json, torch_save_bytes
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "eraser_config.json"
 WEIGHTS_PT = "eraser_weights.pt"
 WEIGHTS_SAFETENSORS = "eraser_weights.safetensors"
+MANIFEST_NAME = "eraser_manifest.json"
 
 
 class CheckpointError(UserError):
@@ -34,11 +43,16 @@ class CheckpointError(UserError):
 # ----------------------------------------------------------------------------------------------- write
 
 
-def save_eraser_folder(folder, transformer, layout: EraserLayout, extra_config: dict | None = None) -> Path:
-    """Write the erasers of ``transformer`` as an eraser folder (both weight formats + config), atomically."""
+def save_eraser_folder(folder, transformer, layout: EraserLayout, extra_config: dict | None = None,
+                       extra_files: dict | None = None) -> Path:
+    """Write the erasers of ``transformer`` as an eraser folder (both weight formats + config) as a unit:
+    the manifest says "writing" until every file is in place (see the module's docstring). ``extra_files``
+    (``{name: bytes}``, e.g. a checkpoint's training state) belong to the same unit.
+
+    Non-finite weights are refused (:class:`CheckpointError` naming the tensor) and nothing is written."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = eraser_state(transformer, layout)
+    check_finite(state, f"the erasers to be saved in {folder}", hint="training diverged; nothing was written")
     config = {
         "eraser_type": "adapter",
         "eraser_rank": eraser_rank_of(state),
@@ -46,17 +60,150 @@ def save_eraser_folder(folder, transformer, layout: EraserLayout, extra_config: 
         "num_erasers": len(state),
         **(extra_config or {}),
     }
-    flat = {f"{name}.{key}": tensor for name, sd in state.items() for key, tensor in sd.items()}
-    atomic_write(folder / WEIGHTS_SAFETENSORS, lambda tmp: save_safetensors(flat, tmp, metadata={"format": "pt"}))
-    atomic_write(folder / WEIGHTS_PT, lambda tmp: torch.save(state, tmp))
-    atomic_write_json(folder / CONFIG_NAME, config)
+    flat = {f"{name}.{key}": tensor.contiguous() for name, sd in state.items() for key, tensor in sd.items()}
+    files = {
+        WEIGHTS_SAFETENSORS: safetensors_bytes(flat, metadata={"format": "pt"}),
+        WEIGHTS_PT: torch_save_bytes(state),
+        CONFIG_NAME: (json.dumps(config, indent=2) + "\n").encode("utf-8"),
+        **(extra_files or {}),
+    }
+    write_files_as_unit(folder, files)
     return folder
+
+
+def write_files_as_unit(folder, files: dict) -> None:
+    """Write ``{name: bytes}`` into ``folder`` so a reader never takes files of two saves for one eraser.
+
+    Each file is replaced atomically, but not all together: the manifest first records the hashes of the
+    files being written and of those they replace ("writing"), then the files, then the manifest of the
+    complete save. A save killed half way leaves each file either old or new, and the manifest lets
+    :func:`choose_weights` find a weights file and config of the same save, or refuse.
+    """
+    folder = Path(folder)
+    new = {name: _sha256(data) for name, data in files.items()}
+    previous = _present_save(folder, list(files))
+    atomic_write_json(folder / MANIFEST_NAME, {"format": 1, "complete": False, "sha256": new, "previous": previous})
+    for name, data in files.items():
+        atomic_write_bytes(folder / name, data)
+    atomic_write_json(folder / MANIFEST_NAME, {"format": 1, "complete": True, "sha256": new})
+
+
+def _present_save(folder: Path, names: list) -> dict | None:
+    """The hashes of the complete save now in ``folder`` (its manifest's, or those of a folder without one);
+    None when the folder holds a save that was itself interrupted (no consistent set is known)."""
+    try:
+        manifest = read_manifest(folder)
+    except CheckpointError:  # an unreadable manifest: nothing known about the files present
+        return None
+    if manifest is None:
+        return {n: file_sha256(folder / n) for n in names if (folder / n).is_file()}
+    return manifest.get("sha256") if manifest.get("complete") else None
+
+
+def read_manifest(folder) -> dict | None:
+    """``eraser_manifest.json`` of ``folder``, or None when there is none (a published folder)."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be read ({err}); delete it to load the folder without the check.") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256", {}), dict):
+        raise CheckpointError(f"{path} is not a manifest this version wrote; delete it to load the folder without the check.")
+    return manifest
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _matches(folder: Path, name: str, hashes: dict) -> bool:
+    return name in hashes and (folder / name).is_file() and file_sha256(folder / name) == hashes[name]
+
+
+def choose_weights(folder, candidates: list) -> Path:
+    """The first of ``candidates`` (weights files in ``folder``, preferred first) that belongs to one save
+    with the folder's config, by the manifest; a folder without a manifest: the first candidate.
+
+    After a save that was killed half way, that is the new save if its files are all in place, else the old
+    one; a weights file whose save left no consistent config is refused (:class:`CheckpointError`)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return candidates[0]
+    versions = [("saved", manifest.get("sha256") or {})]
+    if not manifest.get("complete"):
+        versions = [("new", manifest.get("sha256") or {}), ("previous", manifest.get("previous") or {})]
+    for which, hashes in versions:
+        config_ok = not (folder / CONFIG_NAME).exists() or _matches(folder, CONFIG_NAME, hashes)
+        for weights in candidates:
+            if not _matches(folder, weights.name, hashes):
+                continue
+            if not config_ok and manifest.get("complete"):  # edited by hand after a complete save
+                logger.warning("%s was changed after the eraser was saved (it differs from %s); the weights are "
+                               "as saved", folder / CONFIG_NAME, MANIFEST_NAME)
+            elif not config_ok:
+                continue
+            if not manifest.get("complete"):
+                logger.warning("the last save into %s was interrupted; loading the %s eraser, whose files are "
+                               "complete", folder, which)
+            elif weights != candidates[0]:
+                logger.warning("%s is not the file saved with the rest of %s (its SHA-256 differs from %s); "
+                               "loading %s, which is", candidates[0], folder, MANIFEST_NAME, weights.name)
+            return weights
+    if not manifest.get("complete"):
+        raise CheckpointError(
+            f"the eraser in {folder} is incomplete: a save into it was interrupted and left weights and config of "
+            f"two different saves ({MANIFEST_NAME} lists both), so it is not loaded. Use a checkpoint under "
+            f"checkpoints/, or train again (--resume_from a checkpoint)."
+        )
+    raise CheckpointError(
+        f"{', '.join(str(c) for c in candidates)} {'is' if len(candidates) == 1 else 'are'} not the file(s) saved "
+        f"with the rest of {folder} (SHA-256 differs from {MANIFEST_NAME}): the folder mixes files of two saves. "
+        f"If you replaced a file on purpose, delete {MANIFEST_NAME}."
+    )
+
+
+def verify_file(folder, name: str) -> None:
+    """Refuse ``name`` in ``folder`` unless its manifest (if any) lists it with this content, from a complete
+    save (e.g. a checkpoint's training state)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None or name not in (manifest.get("sha256") or {}):
+        return
+    if not manifest.get("complete") or not _matches(folder, name, manifest["sha256"]):
+        raise CheckpointError(
+            f"{folder / name} is not the file saved with the rest of {folder} (its save did not finish, or its "
+            f"SHA-256 differs from {MANIFEST_NAME}). Use another checkpoint; if you replaced the file on purpose, "
+            f"delete {MANIFEST_NAME}."
+        )
+
+
+def check_finite(state: dict, source: str, hint: str = "this eraser is broken (its training diverged)") -> None:
+    """Refuse erasers holding NaN or Inf: they render black or noisy videos that a detector scores as clean."""
+    for name, sd in state.items():
+        for key, tensor in sd.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise CheckpointError(
+                    f"{source}: tensor '{name}.{key}' holds {bad} non-finite value(s) (NaN or Inf); {hint}. "
+                    f"Use an earlier checkpoint, or retrain with a lower --learning_rate."
+                )
 
 
 # ------------------------------------------------------------------------------------------------ read
 
 
-def _unflatten(flat: dict) -> dict:
+def _unflatten(flat: dict, path="the safetensors eraser file") -> dict:
     state = {}
     for key, tensor in flat.items():
         for adapter_key in ADAPTER_KEYS:
@@ -64,11 +211,23 @@ def _unflatten(flat: dict) -> dict:
                 state.setdefault(key[: -len(adapter_key) - 1], {})[adapter_key] = tensor
                 break
         else:
-            raise CheckpointError(f"unexpected tensor '{key}' in the safetensors eraser file (not an adapter weight)")
+            raise CheckpointError(f"unexpected tensor '{key}' in {path} (not an adapter weight: {', '.join(ADAPTER_KEYS)})")
     return state
 
 
 def _load_pt(path: Path) -> dict:
+    state = _read_pt(path)
+    for name, sd in state.items():
+        for key, value in sd.items():  # the same rule as the safetensors layout: adapter weights only
+            if key not in ADAPTER_KEYS or not isinstance(value, torch.Tensor):
+                raise CheckpointError(
+                    f"unexpected entry '{name}.{key}' in the .pt eraser file {path} (not an adapter weight: "
+                    f"{', '.join(ADAPTER_KEYS)})"
+                )
+    return state
+
+
+def _read_pt(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -97,26 +256,33 @@ def read_eraser_folder(path) -> tuple:
         )
     folder = path if path.is_dir() else path.parent
     if path.is_dir():
-        candidates = [path / WEIGHTS_SAFETENSORS, path / WEIGHTS_PT]
-        weights = next((c for c in candidates if c.exists()), None)
-        if weights is None:
+        candidates = [c for c in (path / WEIGHTS_SAFETENSORS, path / WEIGHTS_PT) if c.exists()]
+        if not candidates:
             raise CheckpointError(f"{path} holds no {WEIGHTS_SAFETENSORS} or {WEIGHTS_PT}: it is not an eraser folder")
+        weights = choose_weights(path, candidates)
     else:
-        weights = path
+        weights = choose_weights(folder, [path])
     try:
-        state = _unflatten(load_safetensors(str(weights))) if weights.suffix == ".safetensors" else _load_pt(weights)
+        state = _unflatten(load_safetensors(str(weights)), weights) if weights.suffix == ".safetensors" else _load_pt(weights)
     except CheckpointError:
         raise
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"could not read eraser file {weights}: {err}") from None
     if not state:
         raise CheckpointError(f"{weights} holds no erasers")
+    check_finite(state, str(weights))
     config = {}
     if (folder / CONFIG_NAME).exists():
         try:
             config = json.loads((folder / CONFIG_NAME).read_text())
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{folder / CONFIG_NAME} is not valid JSON: {err}") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(
+                f"{folder / CONFIG_NAME} must hold a JSON object such as {{\"eraser_type\": \"adapter\", "
+                f"\"eraser_rank\": 128}}, not a {type(config).__name__}. Fix or delete it (the rank is read from "
+                f"the weights)."
+            )
     return config, state, weights
 
 
@@ -193,6 +359,7 @@ def validate_state(state: dict, transformer, layout: EraserLayout, eraser_rank: 
             f"{source} has rank {ckpt_rank} but eraser rank {eraser_rank} was requested. Leave --eraser_rank "
             f"out (it is read from eraser_config.json) or pass {ckpt_rank}."
         )
+    check_finite({name: state[name] for name, _ in expected}, source)
     return ckpt_rank
 
 

@@ -12,6 +12,7 @@ field here, with its help, its group and (if it has one) its legacy alias.
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -194,16 +195,42 @@ class TrainConfig:
                              help="the eraser folder; also holds args.json, train_log.jsonl, loss.png, checkpoints/")
     save_every: int = option(100, group=OUTPUT,
                              help="write checkpoints/step_N every N updates (0: only at the end)")
-    resume_from: str | None = option(None, group=OUTPUT, help="a checkpoints/step_N folder to continue from")
+    resume_from: str | None = option(None, group=OUTPUT,
+                                     help="a checkpoints/step_N folder to continue from (its settings must match "
+                                     "this run's; see --allow_changed_args)")
+    overwrite: bool = option(False, group=OUTPUT,
+                             help="start over in an --output_dir that already holds files: they are moved to a "
+                             "sibling folder <output_dir>.old-<time> (nothing is deleted). Without it such a "
+                             "folder is refused")
+    allow_changed_args: bool = option(False, group=OUTPUT,
+                                      help="with --resume_from: continue even though settings that change the result "
+                                      "(learning rate, steps, prompts, loss weights, seed, size, model, ...) differ "
+                                      "from the checkpoint's; the changes are logged and recorded in args.json")
     log_every: int = option(10, group=OUTPUT, help="log a line every N updates")
     verbose: bool = option(False, group=OUTPUT, help="debug logging")
 
     def __post_init__(self):
-        for name in ("batch_size", "num_epochs", "num_inference_steps", "eraser_rank"):
+        for name in ("batch_size", "num_epochs", "num_inference_steps", "eraser_rank", "log_every",
+                     "num_preserved_concepts", "adv_num_tokens", "adv_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)})")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError(f"--max_steps must be at least 1 (got {self.max_steps})")
+        for name in ("max_steps", "num_frames", "height", "width", "mask_chunk_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                what = "leave it out for the model's own" if name in ("num_frames", "height", "width") else "leave it out"
+                raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)}); {what}")
+        if self.save_every < 0:
+            raise UserError(f"--save_every must be 0 (save only at the end) or a number of updates (got {self.save_every})")
+        for name, positive in (("learning_rate", True), ("adv_lr", True), ("weight_decay", False), ("eta", False),
+                               ("alpha", False), ("beta", False), ("adv_weight", False), ("mask_threshold", False),
+                               ("start_guidance", False), ("anchor_weight", False)):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0 or (positive and value == 0)):
+                raise UserError(f"--{name} must be a finite number {'> 0' if positive else '>= 0'} (got {value})")
+        if math.isnan(self.max_grad_norm) or self.max_grad_norm <= 0:
+            raise UserError(f"--max_grad_norm must be > 0 (got {self.max_grad_norm}); pass inf to turn clipping off")
+        if self.mask_threshold > 1:
+            raise UserError(f"--mask_threshold must be in [0, 1]: it thresholds the min-max normalised attention "
+                            f"(got {self.mask_threshold})")
         if self.train_timesteps != "all":
             try:
                 if int(self.train_timesteps) < 1:

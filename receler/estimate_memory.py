@@ -203,10 +203,25 @@ def _gib(x):
     return f"{x / 2**30:.2f}"
 
 
+def check_args(args) -> None:
+    """The numeric flags and the --json path, before any model is built (a negative batch size would print
+    negative GiB)."""
+    from receler.flag_checks import check_floats, check_ints
+
+    check_ints(args, ("batch_size", "eraser_rank"))
+    check_ints(args, ("num_frames", "height", "width"), hint="; leave it out for the model's own")
+    check_ints(args, ("checkpoint_blocks",), low=0)
+    check_floats(args, ("gpu_memory",), low=0.0, above=True)
+    check_floats(args, ("alpha",), low=0.0)
+    if args.json is not None and Path(args.json).is_dir():
+        raise UserError(f"--json {args.json} is a folder; pass a file name such as {Path(args.json) / 'estimate.json'}")
+
+
 @cli_entry
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
+    check_args(args)
     family, transformer, preset = load_shape(args)
     frames = args.num_frames or preset.num_frames
     height, width = args.height or preset.height, args.width or preset.width

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ from .checkpoint import check_eraser_family, load_erasers, read_eraser_folder
 from .devices import DTYPES, resolve_device, resolve_dtype
 from .erasers.utils import DisableEraser
 from .errors import UserError
-from .io_utils import atomic_write_json
+from .flag_checks import check_floats, check_ints
+from .io_utils import atomic_write_json, make_folder
 from .media import frame_grid, read_video, save_png, side_by_side, write_video
 from .prompts import load_prompts
 from .sharding import ShardLog, add_shard_argument, current_shard, fingerprint, merge_rows, process_device
@@ -315,7 +317,7 @@ class Renderer:
         Returns ``{"rendered": [side names], "skipped": bool}``.
         """
         prefix = Path(prefix)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(prefix.parent)
         names = [s.name for s in self.sides]
         if resume and outputs_complete(prefix, names):
             return {"rendered": [], "skipped": True}
@@ -422,7 +424,7 @@ def all_done(args, jobs, folder, resumable: bool) -> dict | None:
 def run_jobs(renderer: Renderer, jobs: list, folder, resume: bool = True, progress: bool = True, log=None) -> dict:
     """Render every job (tqdm over prompts), noting each in ``log`` (default: ``prompts.json``). Returns counts."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     log = log or PromptsJsonLog()
     rendered = skipped = 0
     for job in tqdm(jobs, desc="prompts", unit="prompt", disable=not progress or len(jobs) < 2):
@@ -549,11 +551,16 @@ def finish_args(args) -> None:
             raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
     if args.eraser_rank is not None and args.eraser_rank < 1:
         raise UserError(f"--eraser_rank must be at least 1 (got {args.eraser_rank})")
-    if args.fps <= 0:
+    if not args.fps > 0 or not math.isfinite(args.fps):
         raise UserError(f"--fps must be positive (got {args.fps})")
     current_shard(getattr(args, "shard", None))  # a malformed --shard fails before the prompt file is read
     if args.num_frames is not None and args.num_frames < 1:
         raise UserError(f"--num_frames must be at least 1 (got {args.num_frames})")
+    # 0 is not "the model's default" (leave the flag out for that): it would be replaced without a word
+    check_ints(args, ("height", "width"), hint="; leave it out for the model's own size")
+    check_floats(args, ("guidance_scale", "true_cfg_scale", "safree_gamma"), low=0.0)
+    check_floats(args, ("eraser_weight",))
+    check_floats(args, ("strength",), low=0.0, above=True, high=1.0)
     if args.eraser_path is None and args.baseline == "none" and not args.generate_clean:
         raise UserError(
             "nothing to render: pass --eraser_path (erased video), --baseline negative_prompt|safree, and/or "

@@ -35,7 +35,9 @@ import logging
 import os
 import re
 import socket
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,7 +565,7 @@ def llm_concepts(
     """Ask an OpenAI-compatible chat endpoint (``POST {base_url}/chat/completions``; the key, if any,
     from ``OPENAI_API_KEY``) for concepts; a few more than needed are requested so the exclusion of the
     target's words still leaves ``num_concepts``."""
-    url = base_url.rstrip("/") + "/chat/completions"
+    url = check_llm_url(base_url).rstrip("/") + "/chat/completions"
     asked = num_concepts + max(5, num_concepts // 2)
     payload = {
         "model": model,
@@ -581,8 +583,7 @@ def llm_concepts(
         f"and not overloaded, raise --timeout, or use --method embedding (offline)."
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
+        raw = post_within(request, timeout)
     except urllib.error.HTTPError as err:
         detail = _http_error_body(err)
         hint = {
@@ -603,6 +604,8 @@ def llm_concepts(
         raise UserError(timeout_message) from None
     except (ConnectionError, http.client.HTTPException, OSError) as err:
         raise UserError(f"The connection to the LLM endpoint {url} failed ({err}). Check the server and retry.") from None
+    except ValueError as err:  # urllib's word for a URL it cannot use
+        raise UserError(f"--llm_base_url {base_url!r} is not a usable URL ({err}); e.g. http://localhost:8000/v1.") from None
 
     content = _reply_content(raw, url)
     concepts = parse_concept_list(content)
@@ -616,6 +619,54 @@ def llm_concepts(
         logger.info("Left out %d concepts containing the target's words: %s", len(dropped), _preview(dropped))
     details = {"endpoint": url, "model": model, "asked_for": asked, "received": concepts, "excluded_target_words": dropped}
     return [PreservedConcept(e.concept, None, None, "llm") for e in kept[:num_concepts]], details
+
+
+def check_llm_url(base_url: str) -> str:
+    """``base_url`` if it is an http(s) URL with a host (and a numeric port, if any), else a :class:`UserError`."""
+    example = "e.g. http://localhost:8000/v1 for a local server or https://api.openai.com/v1"
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as err:
+        raise UserError(f"--llm_base_url {base_url!r} is not a valid URL ({err}); {example}.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--llm_base_url {base_url!r} is not an http(s) URL with a host; {example}.")
+    return base_url
+
+
+def post_within(request: urllib.request.Request, timeout: float) -> bytes:
+    """Send ``request`` and read the whole answer within ``timeout`` seconds in all.
+
+    urllib's own timeout bounds each socket operation, so a server that trickles a byte now and then
+    would hold the caller forever; here the request runs in a helper thread and the caller stops waiting
+    at the deadline (raising :class:`TimeoutError`). The helper is a daemon thread whose answer is dropped.
+    """
+    outcome = {}
+
+    def fetch():
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                outcome["response"] = response
+                outcome["raw"] = response.read()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = err
+
+    helper = threading.Thread(target=fetch, name="llm-request", daemon=True)
+    helper.start()
+    helper.join(timeout)
+    if helper.is_alive():
+        # Best effort: shut the socket so the helper's read fails now instead of waiting on the server (closing
+        # the response would wait for the read's lock).
+        sock = getattr(getattr(getattr(outcome.get("response"), "fp", None), "raw", None), "_sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        raise TimeoutError(f"no complete answer within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["raw"]
 
 
 def _http_error_body(err: urllib.error.HTTPError) -> str:

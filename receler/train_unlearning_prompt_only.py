@@ -7,6 +7,9 @@
 The output folder is the eraser (``eraser_config.json`` + weights), loadable by ``test_cogvideo.py``;
 it also holds ``args.json``, ``train_log.jsonl``, ``loss.png`` and ``checkpoints/step_N/``. The flags are
 the fields of :class:`receler.config.TrainConfig`; the training itself is :func:`receler.training.train`.
+
+Exit codes: 0 finished (or stopped at ``--max_steps``), 2 a user error (one message, nothing overwritten),
+130 stopped by Ctrl-C after saving a resumable checkpoint (so ``set -e`` scripts stop there).
 """
 
 import sys
@@ -16,7 +19,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: make the repos
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from receler.config import TrainConfig, build_parser, config_from_namespace  # noqa: E402
-from receler.errors import cli_entry, setup_logging  # noqa: E402
+from receler.errors import RunInterrupted, cli_entry, setup_logging  # noqa: E402
 
 DESCRIPTION = (
     "Train an eraser (a small adapter in every transformer block) that erases a concept from a text-to-video "
@@ -36,7 +39,21 @@ def main(argv=None) -> dict:
     setup_logging(config.verbose)
     from receler.training import train
 
-    return train(config).summary
+    result = train(config)
+    if result.stopped == "interrupted":
+        raise RunInterrupted(interrupted_message(result))
+    return result.summary
+
+
+def interrupted_message(result) -> str:
+    """What a Ctrl-C'd run saved, and how to continue it (the CLI then exits 130)."""
+    checkpoint = result.output_dir / "checkpoints" / f"step_{result.updates}"
+    if not checkpoint.is_dir():
+        return (f"training stopped after {result.updates} updates, before anything was learned worth saving; "
+                f"nothing to resume in {result.output_dir}.")
+    return (f"training stopped after {result.updates} updates (Ctrl-C). Saved: the erasers trained so far in "
+            f"{result.output_dir} and the checkpoint {checkpoint}. The eraser is not finished: continue with "
+            f"--resume_from {checkpoint}.")
 
 
 if __name__ == "__main__":

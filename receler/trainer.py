@@ -14,6 +14,8 @@ erasers, optional gradient checkpointing of some or all blocks, fp8 weight stora
 import json
 import logging
 import math
+import pickle
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -23,17 +25,18 @@ from pathlib import Path
 import torch
 
 from .attack import Adversary, padding_positions
-from .checkpoint import load_erasers, save_eraser_folder
+from .checkpoint import load_erasers, read_eraser_folder, save_eraser_folder, verify_file
 from .distributed import Distributed
 from .erasers.utils import erasers_disabled
-from .erasers.wrapper import attach_erasers
+from .erasers.wrapper import attach_erasers, eraser_rank_of
 from .errors import UserError
-from .io_utils import atomic_write, atomic_write_text
+from .io_utils import atomic_write_bytes, atomic_write_text, torch_save_bytes, writing
 from .learning_checks import ZeroLossWatch, check_prompts_reach_model
 from .loss_target import LossTarget
 from .localization import ConceptAttentionProbe, EraserOutputCapture, concept_positions_mask
 from .losses import anchored_base, localization_loss, negative_guidance_target, preserve_loss, unlearn_loss
 from .plots import plot_train_log, read_train_log
+from .run_folder import PARTIAL_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -483,44 +486,117 @@ class EraserTrainer:
 
     def save_checkpoint(self, folder, position: dict, x, sampler) -> None:
         """A resumable checkpoint: the eraser folder, the optimizer and the position (main process), and each
-        process's own mid-trajectory state (its latents and sampler)."""
+        process's own mid-trajectory state (its latents and sampler).
+
+        Everything is written into ``.step_N.partial`` beside it and renamed to ``step_N`` when complete, so a
+        ``step_N`` folder is always whole; a run killed while saving leaves only the ``.partial`` folder,
+        which nothing loads and the next run removes."""
         folder = Path(folder)
+        partial = folder.with_name(f".{folder.name}{PARTIAL_SUFFIX}")
         trajectory = {
             "latents": None if x is None else x.detach().cpu(),
             "sampler": None if sampler is None else sampler.state_dict(),
         }
         if self.dist.is_main:
-            self.save_erasers(folder)
+            if partial.exists():
+                shutil.rmtree(partial)
             state = {"position": position, "optimizer": self.optimizer.state_dict(),
                      "world_size": self.dist.world_size, **trajectory}
             if self.adversary is not None:
                 state["adversary"] = self.adversary.state_dict()
-            atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
+            save_eraser_folder(partial, self.transformer, self.family.layout, self.eraser_config(),
+                               extra_files={STATE_NAME: torch_save_bytes(state)})
         self.dist.barrier()
         if not self.dist.is_main:
-            atomic_write(folder / f"trajectory_rank{self.dist.rank}.pt", lambda tmp: torch.save(trajectory, tmp))
+            atomic_write_bytes(partial / f"trajectory_rank{self.dist.rank}.pt", torch_save_bytes(trajectory))
+        self.dist.barrier()
+        if self.dist.is_main:
+            _rename_into_place(partial, folder)
         self.dist.barrier()
 
     def load_checkpoint(self, folder) -> dict:
         folder = Path(folder)
-        if not (folder / STATE_NAME).exists():
-            raise UserError(
-                f"--resume_from {folder} is not a training checkpoint (no {STATE_NAME}); pass a folder such as "
-                f"<output_dir>/checkpoints/step_100."
-            )
+        _check_checkpoint_files(folder)
         load_erasers(self.transformer, self.family.layout, folder, eraser_rank=self.config.eraser_rank)
-        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+        state = read_training_state(folder / STATE_NAME)
         if state.get("world_size", 1) != self.dist.world_size:
             raise UserError(
                 f"--resume_from {folder} was written by {state.get('world_size', 1)} processes but this run has "
                 f"{self.dist.world_size}; resume with the same number of processes."
             )
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"--resume_from {folder}: its optimizer state does not fit these erasers ({err}); resume "
+                            f"from a checkpoint of this run.") from None
+        for group in self.optimizer.param_groups:  # the run's own values (the same unless --allow_changed_args)
+            group["lr"], group["weight_decay"] = self.config.learning_rate, self.config.weight_decay
         if self.adversary is not None and "adversary" in state:
             self.adversary.load_state_dict(state["adversary"])
         if not self.dist.is_main:
-            state.update(torch.load(folder / f"trajectory_rank{self.dist.rank}.pt", map_location="cpu", weights_only=True))
+            state.update(read_training_state(folder / f"trajectory_rank{self.dist.rank}.pt", keys=()))
         return state
+
+
+def _rename_into_place(partial: Path, folder: Path) -> None:
+    """Make the finished ``partial`` folder ``folder``; an older folder of that name is replaced."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.replaced{PARTIAL_SUFFIX}")
+        if old.exists():
+            shutil.rmtree(old)
+        with writing(folder):
+            folder.rename(old)
+    with writing(folder):
+        partial.rename(folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_checkpoint_folder(folder, eraser_rank: int | None = None) -> None:
+    """Fail clearly unless ``folder`` is a complete training checkpoint whose files all read back (before the
+    model loads, and before anything in the output folder is moved for the resume)."""
+    folder = Path(folder)
+    _check_checkpoint_files(folder)
+    read_training_state(folder / STATE_NAME)
+    _, state, _ = read_eraser_folder(folder)
+    rank = eraser_rank_of(state)
+    if eraser_rank is not None and rank != eraser_rank:
+        raise UserError(f"--resume_from {folder} holds erasers of rank {rank} but --eraser_rank is {eraser_rank}; "
+                        f"resume with --eraser_rank {rank}.")
+
+
+def _check_checkpoint_files(folder: Path) -> None:
+    if not folder.is_dir():
+        raise UserError(f"--resume_from {folder} does not exist{' (it is a file)' if folder.exists() else ''}; pass "
+                        f"a checkpoint folder such as <output_dir>/checkpoints/step_100.")
+    if not (folder / STATE_NAME).is_file():
+        raise UserError(
+            f"--resume_from {folder} is not a training checkpoint (no {STATE_NAME}); pass a folder such as "
+            f"<output_dir>/checkpoints/step_100."
+        )
+    verify_file(folder, STATE_NAME)
+
+
+def read_training_state(path, keys=("position", "optimizer")) -> dict:
+    """A checkpoint's ``training_state.pt`` (tensors and plain values only: a pickled object is refused, never
+    run), with the ``keys`` a resume needs."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"refused to load {path}: it holds pickled objects other than tensors and plain values, which could "
+            f"run code when loaded; this is not a checkpoint this trainer wrote. Resume from another checkpoint. "
+            f"(torch said: {str(err).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise UserError(f"could not read {path} ({err}); is the file complete? Resume from another checkpoint.") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"{path} is not a training state this trainer wrote (it lacks {', '.join(missing)}); resume "
+                        f"from another checkpoint.")
+    return state
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -568,25 +644,28 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def run_training(trainer: EraserTrainer, data: PromptSet, output_dir) -> dict:
-    """The training loop: epochs -> prompt batches (one trajectory each) -> timesteps (one update each)."""
+def run_training(trainer: EraserTrainer, data: PromptSet, output_dir, resume_from=None) -> dict:
+    """The training loop: epochs -> prompt batches (one trajectory each) -> timesteps (one update each).
+
+    ``resume_from``: the checkpoint folder to continue from (default: ``config.resume_from``)."""
     config, dist = trainer.config, trainer.dist
     output_dir = Path(output_dir)
     log_path = output_dir / "train_log.jsonl"
     resume, global_step = None, 0
+    resume_from = resume_from if resume_from is not None else config.resume_from
     if config.adversarial:
         trainer.start_adversary(data)
-    if config.resume_from:
-        resume = trainer.load_checkpoint(config.resume_from)
+    if resume_from:
+        resume = trainer.load_checkpoint(resume_from)
         global_step = resume["position"]["global_step"]
         if dist.is_main:
             _truncate_log(log_path, global_step)
-        logger.info("resumed from %s at update %d", config.resume_from, global_step)
+        logger.info("resumed from %s at update %d", resume_from, global_step)
     elif dist.is_main and log_path.exists():
         log_path.unlink()
     writer = _tensorboard(output_dir) if dist.is_main else None
     try:
-        with _StopRequest() as stop, (open(log_path, "a") if dist.is_main else nullcontext()) as log:
+        with _StopRequest() as stop, (_open_log(log_path) if dist.is_main else nullcontext()) as log:
             summary = _loop(trainer, data, output_dir, log, resume, global_step, writer, stop)
     finally:
         if writer is not None:
@@ -649,8 +728,9 @@ def _loop(trainer, data, output_dir, log, resume, global_step, writer, stop) -> 
                 row = {"step": global_step, **metrics, "seconds": time.perf_counter() - start,
                        "epoch": epoch, "timestep": int(sampler.timesteps[i])}
                 if log is not None:
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
+                    with writing(log.name):
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
                 if writer is not None:
                     for k, v in metrics.items():
                         writer.add_scalar(k, v, global_step)
@@ -674,6 +754,11 @@ def _loop(trainer, data, output_dir, log, resume, global_step, writer, stop) -> 
     return {"updates": global_step, "stopped": "finished"}
 
 
+def _open_log(log_path: Path):
+    with writing(log_path):
+        return open(log_path, "a")
+
+
 def _fmt(value):
     return "-" if value is None else f"{value:.4g}"
 
@@ -687,10 +772,15 @@ def _save_checkpoint(trainer, output_dir, position, x, sampler):
 
 
 def _plot(log_path, png):
-    if log_path.exists():
-        rows = read_train_log(log_path)
-        if rows:
-            plot_train_log(rows, png)
+    """Redraw ``loss.png``. It is only a picture of ``train_log.jsonl``: a failure (full disk, a broken
+    matplotlib) is a warning, never the end of a training."""
+    try:
+        if log_path.exists():
+            rows = read_train_log(log_path)
+            if rows:
+                plot_train_log(rows, png)
+    except Exception as err:  # noqa: BLE001 - any failure of the optional plot
+        logger.warning("could not draw %s (%s); training goes on, the numbers are in %s", png, err, log_path.name)
 
 
 def _truncate_log(log_path: Path, global_step: int) -> None:

@@ -29,7 +29,9 @@ from .errors import UserError
 from .families import family_of_pipeline, resolve_family
 from .io_utils import atomic_write_json, read_lines
 from .prompts import load_prompts
-from .trainer import Concept, EraserTrainer, encode_prompt_set, run_training
+from .resume_check import changes_record, check_resume_settings, describe_changes, model_hash, run_settings
+from .run_folder import CHECKPOINTS, checkpoint_step, claim_output_dir, set_aside_later_checkpoints
+from .trainer import Concept, EraserTrainer, check_checkpoint_folder, encode_prompt_set, run_training
 
 logger = logging.getLogger("receler.train")
 
@@ -54,7 +56,8 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
 
     ``pipe``: an already loaded pipeline to train on instead of loading ``config.model_path`` (its
     transformer receives fresh erasers, which hold the trained weights afterwards; its text encoders are
-    kept). Raises :class:`~receler.errors.UserError` for anything the user can fix.
+    kept). Raises :class:`~receler.errors.UserError` for anything the user can fix. A run stopped by
+    Ctrl-C returns normally, with ``stopped == "interrupted"`` (the CLI turns that into exit code 130).
     """
     family = family_of_pipeline(pipe) if pipe is not None else resolve_family(config.model_family, config.model_path)
     if config.num_frames is not None:
@@ -62,32 +65,67 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     prompts, given = read_training_prompts(config)
     anchors = read_anchor_prompts(config, len(prompts))
     concepts = prompt_concepts(config, prompts)
+    early = {"prompts": prompts, "anchor_prompts": anchors, "num_frames": config.num_frames,
+             "height": config.height, "width": config.width, "beta": config.beta}
     if not config.auto_generate_preserved:  # check the prompt files now, before any model loads
-        choose_preserve_prompts(config, prompts, given, read_preserved_concepts(config.preserved_concepts_file),
-                                concepts)
+        early["preserve_prompts"], early["beta"] = choose_preserve_prompts(
+            config, prompts, given, read_preserved_concepts(config.preserved_concepts_file), concepts)
+    else:
+        del early["prompts"]  # the preserve prompts come from the model: the rows are compared once it has loaded
+    checkpoint = resume_checkpoint(config)
+    if checkpoint is not None:  # settings first: a refused resume should not wait for the model to load
+        check_checkpoint_folder(checkpoint, config.eraser_rank)
+        check_resume_settings(checkpoint, run_settings(config.to_dict(), early), config.allow_changed_args)
     dist = Distributed(config.device)
     device = dist.device
     dtype = resolve_dtype(config.dtype, device) if pipe is None else pipe.transformer.dtype
     logger.info("%s model, %d prompts, device %s, %s backbone%s", family.display_name, len(prompts), device,
                 dtype_name(dtype), f", process {dist.rank + 1} of {dist.world_size}" if dist.enabled else "")
     output_dir = Path(config.output_dir)
-    if dist.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    folder = claim_output_dir(output_dir, checkpoint, config.overwrite) if dist.is_main else None
+    try:
+        pipe, data, beta = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir, dist.is_main,
+                                            pipe, anchors=anchors, concepts=concepts)
+        resolved = resolve_training(config, family, pipe, device, beta=beta, prompts=prompts,
+                                    preserve_prompts=data.preserve_prompts, world_size=dist.world_size,
+                                    anchors=anchors, concepts=concepts)
+        logger.info("resolved settings: %s", json.dumps({k: v for k, v in resolved.to_dict().items()
+                                                          if k not in ("prompts", "preserve_prompts")}))
+        args = {**config.to_dict(), "resolved": resolved.to_dict()}
+        if checkpoint is not None:
+            args["resumed_from"] = resume_record(config, checkpoint, resolved, pipe, output_dir, dist.is_main)
+        if dist.is_main:
+            atomic_write_json(output_dir / "args.json", args)
+        dist.barrier()
 
-    pipe, data, beta = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir, dist.is_main, pipe,
-                                        anchors=anchors, concepts=concepts)
-    resolved = resolve_training(config, family, pipe, device, beta=beta, prompts=prompts,
-                                preserve_prompts=data.preserve_prompts, world_size=dist.world_size, anchors=anchors,
-                                concepts=concepts)
-    logger.info("resolved settings: %s", json.dumps({k: v for k, v in resolved.to_dict().items()
-                                                      if k not in ("prompts", "preserve_prompts")}))
-    if dist.is_main:
-        atomic_write_json(output_dir / "args.json", {**config.to_dict(), "resolved": resolved.to_dict()})
-    dist.barrier()
-
-    with EraserTrainer(family, pipe, config, device, dist, resolved=resolved) as trainer:
-        summary = run_training(trainer, data, output_dir)
+        with EraserTrainer(family, pipe, config, device, dist, resolved=resolved) as trainer:
+            summary = run_training(trainer, data, output_dir, resume_from=checkpoint)
+    finally:
+        if folder is not None:
+            folder.release()
     return TrainResult(output_dir, summary["updates"], summary["stopped"], resolved, pipe)
+
+
+def resume_checkpoint(config: TrainConfig) -> Path | None:
+    """The checkpoint folder ``--resume_from`` names, or None for a fresh run."""
+    return Path(config.resume_from) if config.resume_from else None
+
+
+def resume_record(config: TrainConfig, checkpoint: Path, resolved: ResolvedTraining, pipe, output_dir,
+                  is_main: bool) -> dict:
+    """Compare every setting with the checkpoint's, now that the model and the prompts are known (refused
+    unless ``--allow_changed_args``); set aside the checkpoints of the abandoned continuation. Returns what
+    ``args.json`` records about the resume."""
+    model = model_hash(type(pipe).__name__, dict(pipe.transformer.config))
+    changes = check_resume_settings(checkpoint, run_settings(config.to_dict(), resolved.to_dict(), model),
+                                    config.allow_changed_args)
+    if changes:
+        logger.warning("--allow_changed_args: resuming %s with changed settings: %s", checkpoint,
+                       describe_changes(changes))
+    step = checkpoint_step(checkpoint)
+    if is_main and step is not None and checkpoint.resolve().parent == (Path(output_dir) / CHECKPOINTS).resolve():
+        set_aside_later_checkpoints(output_dir, step)
+    return {"checkpoint": str(checkpoint), "changed_settings": changes_record(changes)}
 
 
 # ----------------------------------------------------------------------------------------- prompts

@@ -27,7 +27,7 @@ echo "== training an eraser for '$TARGET' on $MODEL_PATH"
   --max_steps 300 --num_epochs 1000 --batch_size 4 \
   --eraser_rank 16 --learning_rate 1e-3 --eta 3.0 --alpha 1.0 --beta 1.0 \
   --save_every 100 --log_every 50 --seed 42 --dtype float32 \
-  --output_dir "$OUTPUT_DIR/eraser"
+  --output_dir "$OUTPUT_DIR/eraser" --overwrite
 
 echo "== rendering clean vs erased"
 "$PYTHON" test_cogvideo.py \

@@ -182,9 +182,12 @@ def test_ctrl_c_saves_the_erasers_trained_so_far(tiny_runs, tiny_cogvideox_dir, 
         return real_update(self, *a, **k)
 
     monkeypatch.setattr(EraserTrainer, "update", interrupt_during_second)
-    summary, out = tiny_runs.train(tiny_cogvideox_dir, "--save_every", "0")
-    assert summary["stopped"] == "interrupted" and summary["updates"] == 2
+    with pytest.raises(SystemExit) as exit_info:  # the CLI exits 130 so `set -e` scripts stop
+        tiny_runs.train(tiny_cogvideox_dir, "--save_every", "0")
+    assert exit_info.value.code == 130
+    out = tiny_runs.tmp_path / "run"
     assert (out / "eraser_weights.safetensors").exists() and (out / "checkpoints" / "step_2").exists()
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 
 
 @pytest.mark.parametrize(
