@@ -47,11 +47,11 @@ from .targets import KINDS, evaluation_items, parse_target
 
 logger = logging.getLogger("receler.world.benchmark")
 
-ERASER_ROWS = {  # row -> training flags on top of the shared ones
-    "full": ["--alpha", "1.0", "--beta", "1.0"],
-    "unlearn_only": ["--alpha", "0", "--beta", "0"],
-    "unlearn_loc": ["--alpha", "1.0", "--beta", "0"],
-    "unlearn_pre": ["--alpha", "0", "--beta", "1.0"],
+ERASER_ROWS = {  # row -> training options on top of the shared ones
+    "full": {"alpha": 1.0, "beta": 1.0},
+    "unlearn_only": {"alpha": 0.0, "beta": 0.0},
+    "unlearn_loc": {"alpha": 1.0, "beta": 0.0},
+    "unlearn_pre": {"alpha": 0.0, "beta": 1.0},
 }
 ATTACK_ROWS = {"full_attacked": "full", "adversarial_attacked": "adversarial"}
 SAFREE_ROWS = {"safree": "adapted", "safree_official": "official"}
@@ -122,22 +122,33 @@ def render_embeds(bench: Bench, items, embeds: list, guidance) -> list:
     return videos
 
 
-def train_eraser(bench: Bench, target, seed: int, name: str, flags: list) -> tuple:
-    """Train one eraser with the project's training CLI; returns ``(folder, seconds, seconds per update)``."""
-    from ..train_unlearning_prompt_only import main as train_main
+def flag_overrides(flags: str) -> dict:
+    """The training options a string of the training CLI's flags sets, e.g. ``'--mask_mode average'``."""
+    from ..train_unlearning_prompt_only import parse_args
+
+    required = ["--model_path", "m", "--target_concept", "c", "--output_dir", "o"]
+    default, given = parse_args(required).to_dict(), parse_args(required + shlex.split(flags)).to_dict()
+    return {k: v for k, v in given.items() if v != default[k]}
+
+
+def train_eraser(bench: Bench, target, seed: int, name: str, options: dict) -> tuple:
+    """Train one eraser with the project's own :func:`~receler.training.train` on the benchmark's pipeline;
+    returns ``(folder, seconds, seconds per update)``."""
+    from ..config import TrainConfig
+    from ..training import train
 
     a = bench.args
     folder = bench.out / "erasers" / f"{_slug(target.name)}_seed{seed}" / name
-    folder.mkdir(parents=True, exist_ok=True)
     pairs, _ = write_prompt_files(folder.parent, target, a.quick, anchors=a.anchors)
-    argv = ["--model_path", str(a.model_path), "--target_concept", target.name, "--prompts_file", str(pairs),
-            "--output_dir", str(folder), "--num_frames", str(a.num_frames), "--height", str(a.height),
-            "--width", str(a.width), "--num_inference_steps", str(a.steps), "--max_steps", str(a.train_steps),
-            "--num_epochs", "1000", "--eraser_rank", str(a.eraser_rank), "--learning_rate", str(a.learning_rate),
-            "--eta", str(a.eta), "--batch_size", str(a.batch_size), "--save_every", "0", "--log_every", "50",
-            "--seed", str(seed), "--device", "cpu", "--dtype", "float32", *flags, *shlex.split(a.train_flags)]
+    config = TrainConfig(
+        model_path=str(a.model_path), target_concept=target.name, prompts_file=str(pairs), output_dir=str(folder),
+        overwrite=True,  # a rerun replaces an eraser whose result was not kept (other settings, or interrupted)
+        num_frames=a.num_frames, height=a.height, width=a.width, num_inference_steps=a.steps, max_steps=a.train_steps,
+        num_epochs=1000, eraser_rank=a.eraser_rank, learning_rate=a.learning_rate, eta=a.eta,
+        batch_size=a.batch_size, save_every=0, log_every=50, seed=seed, device="cpu", dtype="float32",
+        **{**options, **flag_overrides(a.train_flags)})
     start = time.perf_counter()
-    train_main(argv)
+    train(config, pipe=bench.pipe)
     seconds = time.perf_counter() - start
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     per_update = float(np.median([r["seconds"] for r in log])) if log else None
@@ -212,10 +223,9 @@ def run_target(bench: Bench, target, seed: int, rows: list) -> dict:
 
     def eraser(name):
         if name not in erasers:
-            flags = ERASER_ROWS.get(name) or ["--alpha", "1.0", "--beta", "1.0", "--adversarial",
-                                              "--adv_num_tokens", str(a.attack_tokens),
-                                              *shlex.split(a.adversarial_flags)]
-            erasers[name] = train_eraser(bench, target, seed, name, flags)
+            options = ERASER_ROWS.get(name) or {"alpha": 1.0, "beta": 1.0, "adversarial": True,
+                                                "adv_num_tokens": a.attack_tokens, **flag_overrides(a.adversarial_flags)}
+            erasers[name] = train_eraser(bench, target, seed, name, options)
         return erasers[name]
 
     def row(name, erased, guidance, clean=None, extra=None):
