@@ -24,7 +24,9 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as safetensors_bytes
 
-from .erasers.wrapper import ADAPTER_KEYS, EraserLayout, attach_erasers, collect_erasers, eraser_rank_of, eraser_state
+from .erasers.utils import AdapterEraser
+from .erasers.wrapper import (ADAPTER_KEYS, EraserLayout, EraserStack, attach_erasers, collect_erasers, eraser_rank_of,
+                              eraser_state)
 from .errors import UserError
 from .io_utils import atomic_write_bytes, atomic_write_json, torch_save_bytes
 
@@ -398,14 +400,53 @@ def load_erasers(
     rank = validate_state(state, transformer, layout, eraser_rank, source=label)
     _warn_if_other_base(config, transformer, layout)
     existing = collect_erasers(transformer, layout)
-    if existing and eraser_rank_of({k: v.state_dict() for k, v in existing.items()}) != rank:
+    stacked = any(isinstance(e, EraserStack) for e in existing.values())  # replaced by the one eraser loaded now
+    if existing and not stacked and eraser_rank_of({k: v.state_dict() for k, v in existing.items()}) != rank:
         raise CheckpointError(
             f"{label} has rank {rank} but this transformer already carries erasers of another rank; "
             f"load it onto a fresh transformer."
         )
-    erasers = attach_erasers(transformer, layout, rank, eraser_weight)
+    erasers = attach_erasers(transformer, layout, rank, eraser_weight, fresh=stacked)
     with torch.no_grad():
         for name, eraser in erasers.items():
             for key, param in eraser.state_dict(keep_vars=True).items():
                 param.copy_(state[name][key].to(dtype=param.dtype))
     return config
+
+
+def load_eraser_stack(transformer, layout: EraserLayout, sources: list, weights=None) -> list:
+    """Load several erasers onto ``transformer`` at once, summed at every block: ``h + sum_i w_i eraser_i(h)``
+    (:class:`~receler.erasers.wrapper.EraserStack`). Ranks may differ; every eraser must be of ``layout``'s family
+    and fit the transformer, and all are checked before any is loaded. One source is :func:`load_erasers`.
+    Returns each eraser's config."""
+    sources = list(sources)
+    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(sources):
+        raise CheckpointError(f"{len(sources)} erasers but {len(weights)} weights: give one --eraser_weight per "
+                              f"--eraser_path (or one for all)")
+    if len(sources) == 1:
+        return [load_erasers(transformer, layout, sources[0], eraser_weight=weights[0])]
+    loaded = []
+    for source in sources:
+        config, state, path = read_eraser_folder(source)
+        label = str(path)
+        if config.get("eraser_type", "adapter") != "adapter":
+            raise CheckpointError(f"{label}: eraser_type '{config['eraser_type']}' is not supported (only 'adapter')")
+        check_eraser_family(state, layout, label, config)
+        rank = validate_state(state, transformer, layout, None, source=label)
+        _warn_if_other_base(config, transformer, layout)
+        loaded.append((config, state, rank))
+    wrappers = attach_erasers(transformer, layout, loaded[0][2], eraser_weight=1.0)
+    with torch.no_grad():
+        for name in wrappers:
+            members = []
+            for _, state, rank in loaded:
+                width = state[name]["down.weight"].shape[1]
+                eraser = AdapterEraser(width, rank).to(state[name]["down.weight"].device)
+                eraser.load_state_dict({k: v.float() for k, v in state[name].items()})
+                members.append(eraser)
+            block = int(layout.key_pattern.match(name).group(1))
+            attn = getattr(layout.blocks(transformer)[block], layout.attn_attr)
+            device = next(attn.attn.parameters()).device
+            attn.adapter = EraserStack(members, weights).to(device)
+    return [config for config, _, _ in loaded]

@@ -135,3 +135,21 @@ def test_sweep_settings_are_checked(tmp_path):
         bad.write_text(text)
         with pytest.raises(UserError):
             read_settings(bad)
+
+
+@pytest.mark.slow
+def test_several_concepts_one_eraser_and_a_stack(tmp_path):
+    from receler.world.benchmark import main
+
+    report = main([str(tmp_path), "--quick", "--train_steps", "2", "--steps", "3", "--targets", "red+green"])
+    rows = report["runs"]["red+green/seed42"]["rows"]
+    assert set(rows) == {"multi", "stacked"}
+    for name, row in rows.items():
+        assert set(row["components"]) == {"red", "green"}
+        assert row["train_seconds"] > 0
+    # The stack is two erasers trained apart; the multi-concept eraser one, trained on both concepts' prompts.
+    stacked = sorted(p.parent.parent.name for p in (tmp_path / "erasers").rglob("stacked/*/eraser/eraser_config.json"))
+    assert stacked == ["green", "red"]
+    config = json.loads(next((tmp_path / "erasers").rglob("multi/eraser/eraser_config.json")).read_text())
+    assert config["concepts"] == ["red", "green"]
+    assert "| red+green | 42 | multi |" in (tmp_path / "world_benchmark.md").read_text()

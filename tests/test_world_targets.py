@@ -175,3 +175,38 @@ def test_anchors_leave_exactly_the_target_unsaid(text, tmp_path):
     assert csv.DictReader(open(train)).fieldnames == ["prompt", "preserve_prompt"]
     train, _ = write_prompt_files(tmp_path, target, anchors=True)
     assert csv.DictReader(open(train)).fieldnames == ["prompt", "preserve_prompt", "anchor_prompt"]
+
+
+def test_several_targets_are_measured_each_on_its_own_prompts():
+    from receler.world.measure import measure_multi
+    from receler.world.targets import multi_training_rows, parse_targets
+
+    multi = parse_targets("red+green")
+    with pytest.raises(ValueError):
+        parse_targets("red+triangle")  # one kind at a time
+    items = evaluation_items(multi, quick=True)
+    assert {it.get("component") for it in items if it["group"] != "other"} == {"red", "green"}
+    # No prompt pairs a target with the other erased colour, and the other prompts avoid both.
+    for it in items:
+        colors = {s["color"] for s in it["shapes"]}
+        assert not {"red", "green"} <= colors
+        if it["group"] == "other":
+            assert not colors & {"red", "green"}
+    assert {row["concept"] for row in multi_training_rows(multi)} == {"red", "green"}
+    assert not any("green" in row["preserve_prompt"] or "red" in row["preserve_prompt"]
+                   for row in multi_training_rows(multi))
+
+    clean, erased = [], []
+    for it in items:
+        specs = tuple(ShapeSpec(s["color"], s["shape"], s["direction"]) for s in it["shapes"])
+        video = render_video(Scene(specs, it["background"]), seed=it["seed"])
+        clean.append(video)
+        kept = video.copy()
+        if it.get("component") == "red":  # only red is removed: green still shows
+            kept[(video == COLORS["red"]).all(axis=-1)] = BACKGROUNDS[it["background"]]
+        erased.append(kept)
+    row = measure_multi(clean, erased, items, multi)
+    assert row["components"]["red"]["target_shown"]["erased"]["seen"] == 0.0
+    assert row["components"]["green"]["target_shown"]["erased"]["seen"] == 1.0
+    assert row["target_shown"]["erased"]["seen"] == 1.0  # the row reports the worst concept
+    assert row["other_accuracy"]["erased"]["worst"] == 1.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .utils import AdapterEraser
+from .utils import AdapterEraser, EraserControlMixin
 
 ADAPTER_KEYS = ("down.weight", "down.bias", "up.weight", "up.bias")
 
@@ -44,6 +44,24 @@ class AttentionWithEraser(nn.Module):
 
     def _erase(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return hidden_states + self.eraser_weight * self.adapter(hidden_states)
+
+
+class EraserStack(nn.Module, EraserControlMixin):
+    """Several erasers on one attention, each with its weight: ``sum_i w_i eraser_i(h)``.
+
+    Every eraser sees the same input ``h`` (the attention's output), and their outputs add up before the
+    residual: stacking erasers trained apart is summing their corrections, not chaining them. Ranks may differ.
+    """
+
+    def __init__(self, erasers: list, weights: list):
+        super().__init__()
+        if len(erasers) != len(weights):
+            raise ValueError(f"{len(erasers)} erasers but {len(weights)} weights")
+        self.members = nn.ModuleList(erasers)
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return sum(w * eraser(hidden_states) for w, eraser in zip(self.weights, self.members))
 
 
 def attention_width(attn: nn.Module) -> int:
@@ -106,7 +124,7 @@ def attach_erasers(transformer: nn.Module, layout: EraserLayout, eraser_rank: in
             attn = layout.wrapper_class(attn, eraser_rank, eraser_weight)
             setattr(block, layout.attn_attr, attn)
         elif fresh:
-            old_device = attn.adapter.down.weight.device
+            old_device = next(attn.adapter.parameters()).device
             attn.adapter = AdapterEraser(attention_width(attn.attn), eraser_rank).to(old_device)
         attn.eraser_weight = eraser_weight
         if device is not None:
@@ -130,6 +148,9 @@ def eraser_state(transformer: nn.Module, layout: EraserLayout) -> dict:
     erasers = collect_erasers(transformer, layout)
     if not erasers:
         raise ValueError(f"this {layout.display_name} transformer carries no erasers to save")
+    if any(isinstance(e, EraserStack) for e in erasers.values()):
+        raise ValueError("this transformer carries a stack of erasers, which has no single-eraser layout to save; "
+                         "save each eraser of the stack from its own training run")
     return {
         name: {k: v.detach().to("cpu", copy=True).contiguous() for k, v in eraser.state_dict().items()}
         for name, eraser in erasers.items()

@@ -42,8 +42,8 @@ from ..errors import cli_entry, setup_logging
 from ..io_utils import atomic_write, atomic_write_json, atomic_write_text
 from . import model as world
 from .files import write_prompt_files
-from .measure import measure, read_video, shows_target
-from .targets import KINDS, evaluation_items, parse_target
+from .measure import measure, measure_multi, read_video, shows_target
+from .targets import KINDS, MultiTarget, evaluation_items, parse_targets
 
 logger = logging.getLogger("receler.world.benchmark")
 
@@ -56,6 +56,9 @@ ERASER_ROWS = {  # row -> training options on top of the shared ones
 ATTACK_ROWS = {"full_attacked": "full", "adversarial_attacked": "adversarial"}
 SAFREE_ROWS = {"safree": "adapted", "safree_official": "official"}
 ALL_ROWS = tuple(ERASER_ROWS) + ("negative_prompt",) + tuple(SAFREE_ROWS) + ("adversarial",) + tuple(ATTACK_ROWS)
+# Several concepts at once (targets joined by '+'): one eraser trained on all of them, or one eraser per concept
+# trained alone and stacked (summed) at inference.
+MULTI_ROWS = ("multi", "stacked")
 
 
 class Bench:
@@ -131,35 +134,42 @@ def flag_overrides(flags: str) -> dict:
     return {k: v for k, v in given.items() if v != default[k]}
 
 
-def train_eraser(bench: Bench, target, seed: int, name: str, options: dict) -> tuple:
-    """Train one eraser with the project's own :func:`~receler.training.train` on the benchmark's pipeline;
-    returns ``(folder, seconds, seconds per update)``."""
+def train_eraser(bench: Bench, target, seed: int, name: str, options: dict, prompts_for=None) -> tuple:
+    """Train one eraser for ``target`` (a colour, ..., or several joined: one eraser for all) with the project's
+    own :func:`~receler.training.train` on the benchmark's pipeline; ``prompts_for`` names the run whose folder
+    holds it (default: ``target``). Returns ``(folder, seconds, seconds per update)``."""
     from ..config import TrainConfig
     from ..training import train
 
     a = bench.args
-    folder = bench.out / "erasers" / f"{_slug(target.name)}_seed{seed}" / name
-    pairs, _ = write_prompt_files(folder.parent, target, a.quick, anchors=a.anchors)
+    folder = bench.out / "erasers" / f"{_slug((prompts_for or target).name)}_seed{seed}" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs, _ = write_prompt_files(folder, target, a.quick, anchors=a.anchors)
+    concepts = ",".join(t.name for t in target.components) if isinstance(target, MultiTarget) else target.name
+    output = folder / "eraser"
+    shared = dict(num_frames=a.num_frames, height=a.height, width=a.width, num_inference_steps=a.steps,
+                  max_steps=a.train_steps, num_epochs=1000, eraser_rank=a.eraser_rank, learning_rate=a.learning_rate,
+                  eta=a.eta, batch_size=a.batch_size, save_every=0, log_every=50, seed=seed, device="cpu",
+                  dtype="float32")
     config = TrainConfig(
-        model_path=str(a.model_path), target_concept=target.name, prompts_file=str(pairs), output_dir=str(folder),
+        model_path=str(a.model_path), target_concept=concepts, prompts_file=str(pairs), output_dir=str(output),
         overwrite=True,  # a rerun replaces an eraser whose result was not kept (other settings, or interrupted)
-        num_frames=a.num_frames, height=a.height, width=a.width, num_inference_steps=a.steps, max_steps=a.train_steps,
-        num_epochs=1000, eraser_rank=a.eraser_rank, learning_rate=a.learning_rate, eta=a.eta,
-        batch_size=a.batch_size, save_every=0, log_every=50, seed=seed, device="cpu", dtype="float32",
-        **{**options, **flag_overrides(a.train_flags)})
+        **{**shared, **options, **flag_overrides(a.train_flags)})
     start = time.perf_counter()
     train(config, pipe=bench.pipe)
     seconds = time.perf_counter() - start
-    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     per_update = float(np.median([r["seconds"] for r in log])) if log else None
-    return folder, seconds, per_update
+    return output, seconds, per_update
 
 
 def erased_videos(bench: Bench, folder, items) -> list:
-    from ..checkpoint import load_erasers
+    """Render ``items`` with the eraser in ``folder`` (or the stack of erasers in a list of folders)."""
+    from ..checkpoint import load_eraser_stack
     from ..families import get_family
 
-    load_erasers(bench.pipe.transformer, get_family("cogvideox").layout, folder)
+    load_eraser_stack(bench.pipe.transformer, get_family("cogvideox").layout, folder if isinstance(folder, list)
+                      else [folder])
     return bench.render(items, 1.0)
 
 
@@ -215,8 +225,35 @@ def safree_videos(bench: Bench, target, items, variant: str, guidance: float) ->
     return videos
 
 
+def run_multi(bench: Bench, multi, seed: int, rows: list) -> dict:
+    """The rows of several concepts erased together: one eraser for all (``multi``, as many updates as the stack's
+    erasers together) and a stack of one eraser per concept (``stacked``); each measured per concept."""
+    a = bench.args
+    items = evaluation_items(multi, quick=a.quick)
+    clean = bench.clean_videos(multi, items)
+    results = {}
+    for name in rows:
+        if name == "multi":
+            folder, seconds, per_update = train_eraser(bench, multi, seed, name, {
+                **ERASER_ROWS["full"], "max_steps": a.train_steps * len(multi.components)})
+            folders = [folder]
+        else:
+            trained = [train_eraser(bench, target, seed, f"stacked/{_slug(target.name)}", ERASER_ROWS["full"],
+                                    prompts_for=multi) for target in multi.components]
+            folders = [t[0] for t in trained]
+            seconds, per_update = sum(t[1] for t in trained), float(np.median([t[2] for t in trained]))
+        result = {"guidance": 1.0, **measure_multi(clean, erased_videos(bench, folders, items), items, multi),
+                  "train_seconds": seconds, "seconds_per_update": per_update}
+        logger.info("%s seed %d %s: %s", multi.name, seed, name, _brief(result))
+        results[name] = result
+    return results
+
+
 def run_target(bench: Bench, target, seed: int, rows: list) -> dict:
     """Every requested row for one target and training seed: ``{row: measurement}``."""
+    if isinstance(target, MultiTarget):
+        return run_multi(bench, target, seed, [r for r in rows if r in MULTI_ROWS] or list(MULTI_ROWS))
+    rows = [r for r in rows if r in ALL_ROWS]
     a = bench.args
     items = evaluation_items(target, quick=a.quick)
     erasers, results = {}, {}
@@ -294,7 +331,7 @@ def run(args) -> dict:
               | {"targets": [t.name for t in args.targets]},
               "runs": runs, "summary": summarize(runs)}
     atomic_write_json(bench.out / "world_benchmark.json", report)
-    tables = table(runs) + "\n\n" + summary_table(report["summary"])
+    tables = "\n\n".join(t for t in (table(runs), multi_table(runs), summary_table(report["summary"])) if t)
     atomic_write_text(bench.out / "world_benchmark.md", tables + "\n")
     print(tables)
     return report
@@ -433,6 +470,24 @@ def table(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def multi_table(runs: dict) -> str:
+    """Several concepts at once: each concept's share of erased target renders still showing it, and the cost."""
+    lines = ["| concepts | seed | row | each concept shown after erasing (seen / unseen / two-shape) | other acc. "
+             "worst class (clean -> erased) | PSNR mean / worst (dB) | training s |", "|---|---|---|---|---|---|---|"]
+    for run in runs.values():
+        for name, r in run["rows"].items():
+            if "components" not in r:
+                continue
+            shown = "; ".join(f"{c}: " + " / ".join(_pct(p["target_shown"]["erased"][g])
+                                                     for g in ("seen", "unseen", "two_shape"))
+                              for c, p in r["components"].items())
+            acc = r["other_accuracy"]
+            lines.append(f"| {run['target']} | {run['seed']} | {name} | {shown} | {_pct(acc['clean']['worst'])} -> "
+                         f"{_pct(acc['erased']['worst'])} | {_db(r['other_psnr']['mean'])} / "
+                         f"{_db(r['other_psnr']['worst'])} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def summary_table(summary: dict, label: str = "row") -> str:
     """Mean (worst) of each headline metric over targets x seeds, and pass/fail against :data:`GOALS`."""
     names = list(SUMMARY_METRICS)
@@ -463,7 +518,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a reduced prompt set and fewer updates, for CI")
     p.add_argument("--targets", default="red",
                    help="comma-separated targets: colours (red, ...), shapes (triangle, ...), directions (left or "
-                        "'moving left', ...) or combinations ('red triangle')")
+                        "'moving left', ...), combinations ('red triangle'), or several concepts erased together "
+                        f"joined by '+' (red+green+blue: rows {', '.join(MULTI_ROWS)})")
     p.add_argument("--target_kind", choices=("auto",) + KINDS, default="auto",
                    help="check that every target is of this kind (auto: read the kind from the words)")
     p.add_argument("--seeds", default="42", help="comma-separated training seeds (renders use each prompt's own seed)")
@@ -502,7 +558,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     try:
         kind = None if args.target_kind == "auto" else args.target_kind
-        args.targets = [parse_target(t, kind) for t in args.targets.split(",") if t.strip()]
+        args.targets = [parse_targets(t, kind) for t in args.targets.split(",") if t.strip()]
     except ValueError as err:
         p.error(f"--targets: {err}")
     if not args.targets:
@@ -515,9 +571,9 @@ def parse_args(argv=None):
         p.error("--seeds is empty; give at least one seed, e.g. --seeds 42")
     single = len(args.targets) == 1 and len(args.seeds) == 1
     args.rows = [r for r in (args.rows or (",".join(ALL_ROWS) if single else "full")).split(",") if r]
-    unknown = [r for r in args.rows if r not in ALL_ROWS]
+    unknown = [r for r in args.rows if r not in ALL_ROWS + MULTI_ROWS]
     if unknown:
-        p.error(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
+        p.error(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(ALL_ROWS + MULTI_ROWS)}")
     args.train_steps = args.train_steps or (60 if args.quick else 300)
     budgets = args.attack_steps or ("2,20" if args.quick else "100,300,1000")
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError, cli_entry
 from ..io_utils import atomic_write_text
-from .targets import evaluation_items, parse_target, prompt_rows, training_rows
+from .targets import MultiTarget, evaluation_items, multi_training_rows, parse_targets, prompt_rows, training_rows
 
 
 def _csv(rows: list[dict]) -> str:
@@ -32,7 +32,7 @@ def write_prompt_files(output_dir, target, quick: bool = False, anchors: bool = 
     ``anchors`` the training file has an ``anchor_prompt`` column (the caption with the target left unsaid)."""
     out = Path(output_dir)
     train = out / "train_prompts.csv"
-    rows = training_rows(target)
+    rows = multi_training_rows(target) if isinstance(target, MultiTarget) else training_rows(target)
     if not anchors:
         rows = [{k: v for k, v in row.items() if k != "anchor_prompt"} for row in rows]
     atomic_write_text(train, _csv(rows))
@@ -44,7 +44,8 @@ def write_prompt_files(output_dir, target, quick: bool = False, anchors: bool = 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m receler.world.files", description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default="red",
-                   help="what to erase: a colour, a shape, a direction or a combination such as 'red triangle'")
+                   help="what to erase: a colour, a shape, a direction, a combination such as 'red triangle', or "
+                        "several joined by '+' (red+green: one training file with a 'concept' column)")
     p.add_argument("--output_dir", required=True, help="folder for train_prompts.csv and eval_prompts.csv")
     p.add_argument("--quick", action="store_true", help="the reduced evaluation set (a few prompts of each group)")
     p.add_argument("--anchors", action="store_true",
@@ -57,7 +58,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        target = parse_target(args.target)
+        target = parse_targets(args.target)
     except ValueError as err:
         raise UserError(f"--target: {err}") from None
     for path in write_prompt_files(args.output_dir, target, args.quick, args.anchors):

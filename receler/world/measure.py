@@ -175,3 +175,35 @@ def measure(clean: list, erased: list, items: list, target: Target) -> dict:
         for i, it in enumerate(items)
     ]
     return result
+
+
+def measure_multi(clean: list, erased: list, items: list, multi) -> dict:
+    """:func:`measure` for several concepts erased together: each concept measured on its own target prompts and
+    the shared other prompts (``components``), and a row of the same fields where every target number is the
+    worst concept's (most shown, largest substitution, least survived, area ratio farthest from 1)."""
+    others = [i for i, it in enumerate(items) if it["group"] == "other"]
+    parts = {}
+    for target in multi.components:
+        idx = [i for i, it in enumerate(items) if it.get("component") == target.name] + others
+        parts[target.name] = measure([clean[i] for i in idx], [erased[i] for i in idx], [items[i] for i in idx],
+                                     target)
+    rows = list(parts.values())
+    row = {key: rows[0][key] for key in ("other_accuracy", "other_psnr")}
+    row["target"], row["target_kind"], row["num_prompts"] = multi.name, multi.kind, len(items)
+    row["target_shown"] = {side: {g: max(r["target_shown"][side][g] for r in rows if r["target_shown"][side].get(g)
+                                         is not None) for g in rows[0]["target_shown"][side]}
+                           for side in ("clean", "erased")}
+    worst_sub = max(rows, key=lambda r: r["substitution"]["share"])
+    row["substitution"] = worst_sub["substitution"]
+    rest = {}
+    for key in rows[0]["rest_of_prompt"]:
+        values = [r["rest_of_prompt"][key] for r in rows if r["rest_of_prompt"][key] is not None]
+        if key == "area_ratio":
+            rest[key] = max(values, key=lambda v: abs(np.log(max(v, 1e-9)))) if values else None
+        else:
+            rest[key] = min(values) if values else None
+    row["rest_of_prompt"] = rest
+    row["two_shape_other_kept"] = {side: min(r["two_shape_other_kept"][side] for r in rows) for side in ("clean", "erased")}
+    row["components"] = {name: {k: r[k] for k in ("target_shown", "substitution", "rest_of_prompt",
+                                                  "two_shape_other_kept")} for name, r in parts.items()}
+    return row

@@ -126,11 +126,12 @@ def target_caption(target: Target, combination: dict) -> str:
     return _caption([_spec(values)], values["background"])
 
 
-def substitute(target: Target, combination: dict, k: int) -> dict:
-    """The shape of ``combination`` with the target's value(s) replaced, cycling with ``k``: for a
-    combination target one fixed attribute changes at a time (red triangle -> red circle, blue triangle)."""
+def substitute(target: Target, combination: dict, k: int, avoid: tuple = ()) -> dict:
+    """The shape of ``combination`` with the target's value(s) replaced, cycling with ``k`` over the values not in
+    ``avoid``: for a combination target one fixed attribute changes at a time (red triangle -> red circle, blue
+    triangle)."""
     attribute = target.fixed[k % len(target.fixed)][0]
-    others = target.others(attribute)
+    others = [v for v in target.others(attribute) if v not in avoid]
     values = {**combination, **target.attributes}
     values[attribute] = others[(k // len(target.fixed)) % len(others)]
     return values
@@ -142,14 +143,14 @@ def training_pairs(target: Target) -> list[tuple[str, str]]:
     return [(row["prompt"], row["preserve_prompt"]) for row in training_rows(target)]
 
 
-def training_rows(target: Target) -> list[dict]:
+def training_rows(target: Target, avoid: tuple = ()) -> list[dict]:
     """The training CSV's rows for every seen combination: the target caption, its preserve prompt (the same
     scene with another value), and its anchor (the same caption with the target's words left unsaid, e.g.
     ``a circle moving left on a gray background`` for red: the world model draws it in a random colour)."""
     seen = [c for c in combinations(target) if not c["held_out"]]
     rows = []
     for k, combination in enumerate(seen):
-        other = substitute(target, combination, k)
+        other = substitute(target, combination, k, avoid)
         values = {**combination, **target.attributes}
         rows.append({
             "prompt": target_caption(target, combination),
@@ -190,12 +191,16 @@ def _spread(pool: list, count: int) -> list:
     return chosen
 
 
-def evaluation_items(target: Target, quick: bool = False) -> list[dict]:
+def evaluation_items(target, quick: bool = False, avoid: tuple = ()) -> list[dict]:
     """The benchmark's prompts for ``target``: seen, unseen, two-shape and other groups (see module doc).
 
     ``quick`` keeps a few of each group (both backgrounds, every other class) for CI. Seeds are
-    ``EVAL_SEED_BASE`` + the item's position.
+    ``EVAL_SEED_BASE`` + the item's position. ``avoid``: values of the target's attribute that no other shape
+    may take (the other concepts of a :class:`MultiTarget`, erased too). A :class:`MultiTarget` gets each of its
+    targets' seen, unseen and two-shape prompts (marked with their ``component``) and one shared other group.
     """
+    if isinstance(target, MultiTarget):
+        return _multi_items(target, quick)
     combos = combinations(target)
     seen = [c for c in combos if not c["held_out"]]
     unseen = [c for c in combos if c["held_out"]]
@@ -214,7 +219,7 @@ def evaluation_items(target: Target, quick: bool = False) -> list[dict]:
     for k, combination in enumerate(_spread(unseen + seen, 4 if quick else 12)):
         first = {**combination, **target.attributes}
         second = dict(first)
-        colors = ATTRIBUTES["color"]
+        colors = [c for c in ATTRIBUTES["color"] if c == first["color"] or c not in avoid]
         second["color"] = colors[(colors.index(first["color"]) + 1 + k % (len(colors) - 1)) % len(colors)]
         for attribute in ("shape", "direction"):
             names = ATTRIBUTES[attribute]
@@ -228,12 +233,69 @@ def evaluation_items(target: Target, quick: bool = False) -> list[dict]:
     # Other prompts: each fixed attribute set to each of its other values (for "red triangle": the red
     # circles and squares, and the triangles of every other colour), over seen and unseen combinations.
     for attribute, _ in target.fixed:
-        for value in target.others(attribute):
+        for value in (v for v in target.others(attribute) if v not in avoid):
             values = {**target.attributes, attribute: value}
             cls = " ".join(values[a] for a, _ in target.fixed)
             for combination in _spread(combos, 2 if quick else 8):
                 add([_spec({**combination, **values})], combination["background"], "other", cls)
     return items
+
+
+@dataclass(frozen=True)
+class MultiTarget:
+    """Several concepts erased together (``red+green+blue``): one eraser for all of them, or a stack of one eraser
+    each. Its targets are of one kind (colours), so the other prompts are the values none of them has."""
+
+    components: tuple  # of Target
+
+    @property
+    def name(self) -> str:
+        return "+".join(t.name for t in self.components)
+
+    @property
+    def label(self) -> str:
+        return " + ".join(t.label for t in self.components)
+
+    @property
+    def kind(self) -> str:
+        return "multi"
+
+
+def parse_targets(text: str, kind: str | None = None):
+    """A :class:`Target`, or a :class:`MultiTarget` for ``a+b+...`` (targets of one single-attribute kind)."""
+    if "+" not in text:
+        return parse_target(text, kind)
+    components = tuple(parse_target(part, kind) for part in text.split("+") if part.strip())
+    kinds = {t.kind for t in components}
+    if len(components) < 2 or len(kinds) != 1 or "combination" in kinds:
+        raise ValueError(f"cannot read {text!r} as several targets: give two or more colours (or shapes, or "
+                         f"directions) joined by '+', e.g. red+green+blue")
+    if len({t.name for t in components}) != len(components):
+        raise ValueError(f"{text!r} names a target twice")
+    return MultiTarget(components)
+
+
+def _multi_items(multi: MultiTarget, quick: bool) -> list[dict]:
+    items = []
+    for target in multi.components:
+        avoid = tuple(t.name for t in multi.components if t is not target)
+        for it in evaluation_items(target, quick, avoid):
+            if it["group"] == "other" and target is not multi.components[0]:
+                continue  # the other prompts are the same for every component: keep one set
+            if it["group"] != "other":
+                it["component"] = target.name
+            items.append({**it, "seed": EVAL_SEED_BASE + len(items),
+                          "is_target": any(t.matches(_spec(sh)) for sh in it["shapes"] for t in multi.components)})
+    return items
+
+
+def multi_training_rows(multi: MultiTarget) -> list[dict]:
+    """Every component's training rows, each with its ``concept``: one eraser learns all of them."""
+    rows = []
+    for target in multi.components:
+        avoid = tuple(t.name for t in multi.components if t is not target)  # never preserve another erased concept
+        rows += [{**row, "concept": target.name} for row in training_rows(target, avoid)]
+    return rows
 
 
 def prompt_rows(items: list) -> list[dict]:
