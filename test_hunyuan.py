@@ -3,7 +3,8 @@
     python test_hunyuan.py --model_path models/HunyuanVideo --eraser_path erasers/hunyuan-nudity \\
         --prompt "a naked woman on the beach" --generate_clean --output_path out/beach.mp4
 
---eraser_weight scales the erasers at inference time (0: the clean model, 1: as trained). The original
+--eraser_weight scales the erasers at inference time (0: the clean model, 1: as trained; every inference
+script has it). The original
 release's baselines: --baseline negative_prompt --negative_prompt nudity (true CFG 6.0, embedded guidance
 1.0) and --baseline safree (token projection on the Llama and CLIP embeddings, denoising steps 0-12).
 Not a test file: a user script named as in the original release.
@@ -54,8 +55,6 @@ def build_parser():
         EPILOG,
     )
     g = p.add_argument_group("HunyuanVideo")
-    g.add_argument("--eraser_weight", type=float, default=1.0,
-                   help="inference-time eraser strength: h + w * eraser(h) (0 renders the clean model) (default: 1.0)")
     g.add_argument("--true_cfg_scale", type=float, default=6.0,
                    help="true classifier-free guidance scale, used for videos rendered with a negative prompt "
                    "(a second transformer pass per step) (default: 6.0)")
@@ -90,8 +89,6 @@ def main(argv=None):
     setup_logging(args.verbose)
     family = get_family("hunyuan_video")
     jobs, folder, resumable, done = inference.plan_run(args, family)
-    if args.eraser_path is None and args.eraser_weight != 1.0:
-        logger.warning("--eraser_weight is ignored without --eraser_path")
     if done is not None:
         return done
 
@@ -101,7 +98,7 @@ def main(argv=None):
         logger.info("%d frames at %dx%d, %d steps", args.num_frames, args.height, args.width, args.num_inference_steps)
 
     return inference.render_run(
-        args, family, jobs, folder, resumable, setup, render_kwargs_for(args), eraser_weight=args.eraser_weight,
+        args, family, jobs, folder, resumable, setup, render_kwargs_for(args),
         call_kwargs=lambda pipe: {"num_frames": args.num_frames},
     )
 

@@ -110,7 +110,7 @@ def parse_args(argv=None):
     p.add_argument("--model_path", required=True, help="local diffusers pipeline folder (nothing is downloaded)")
     p.add_argument("--model_family", default="auto", choices=("auto",) + FAMILY_NAMES, help="model family")
     p.add_argument("--eraser_path", required=True, help="the eraser folder to attack (the trainer's --output_dir)")
-    p.add_argument("--eraser_weight", type=float, default=1.0, help="inference-time eraser strength (HunyuanVideo)")
+    p.add_argument("--eraser_weight", type=float, default=1.0, help="inference-time eraser strength: w * eraser(h) is added (any family; 1 = as trained)")
     p.add_argument("--prompts_file", default=None, help="concept prompts (.txt or .csv with a 'prompt' column; per-row seeds)")
     p.add_argument("--prompt", default=None, help="one concept prompt instead of --prompts_file")
     p.add_argument("--target_concept", required=True, help="the erased concept (chooses the detector)")
@@ -346,8 +346,7 @@ def main(argv=None):
     pipe, _ = inference.load_pipeline_with_erasers(family, args.model_path, DTYPES[args.dtype], args.eraser_path,
                                                    eraser_weight=args.eraser_weight, device=device)
     frames, height, width = family.default_video_size(pipe)
-    size = (args.num_frames or frames, args.height or height, args.width or width)
-    family.check_frames(size[0])
+    size = (family.round_frames(args.num_frames or frames), args.height or height, args.width or width)
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -208,9 +208,8 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging()
     family, transformer, preset = load_shape(args)
-    frames = args.num_frames or preset.num_frames
+    frames = family.round_frames(args.num_frames or preset.num_frames)
     height, width = args.height or preset.height, args.width or preset.width
-    family.check_frames(frames)
     shape = model_shape(family, transformer, _pipe_of(family, transformer), frames, height, width)
     ckpt = shape.blocks if args.gradient_checkpointing else (args.checkpoint_blocks or 0)
     common = dict(batch_size=args.batch_size, dtype=args.dtype, eraser_rank=args.eraser_rank,

@@ -34,6 +34,8 @@ class ModelFamily:
     # of one recomputed block, in units of tokens x width elements; fitted to H100 measurements (DESIGN.md §4).
     memory_saved_per_block: float = 14.5
     memory_backward_transient: float = 12.5
+    # Frames the VAE compresses into one latent frame: valid frame counts are frames_per_latent * k + 1.
+    frames_per_latent: int = 4
 
     # ------------------------------------------------------------------------------------ loading
     def pipeline_class(self):
@@ -122,6 +124,22 @@ class ModelFamily:
         return unique
 
     # ---------------------------------------------------------------------------------- sampling
+    def round_frames(self, num_frames: int, flag: str = "--num_frames") -> int:
+        """A frame count the VAE can decode: ``num_frames`` when it is ``4k+1``, else the nearest valid count
+        below it, with a warning naming both (the diffusers pipelines render 21 frames for 24 too, silently).
+
+        The seed toolkit's own commands pass ``--num_frames 24``; refusing them helped nobody.
+        """
+        if num_frames < 1:
+            raise UserError(f"{flag} must be at least 1 (got {num_frames})")
+        step = self.frames_per_latent
+        valid = (num_frames - 1) // step * step + 1
+        if valid != num_frames:
+            logger.warning("%s %d is not %dk+1, which %s needs (its VAE compresses %d frames into one latent frame): "
+                           "using %d frames, the nearest valid count below", flag, num_frames, step,
+                           self.display_name, step, valid)
+        return valid
+
     def check_frames(self, num_frames: int) -> None:
         """Frame counts must be 4k+1 (the VAE's temporal compression); name the nearest valid ones."""
         if num_frames < 1 or (num_frames - 1) % 4:
