@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .families import FAMILY_NAMES
+from .lr_schedule import LR_SCHEDULERS
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
@@ -87,14 +88,14 @@ class TrainConfig:
                            help="torch.compile each transformer block (faster updates after a compilation warm-up)")
 
     # -- concept and prompts
-    target_concept: str = option(group=PROMPTS,
+    target_concept: str = option(group=PROMPTS, flags=("--concept",),
                                  help="the concept to erase, as it is written in the prompts (e.g. 'nudity', 'red'); "
                                  "its tokens locate the concept for the localization loss")
     concept_words: str | None = option(None, group=PROMPTS,
                                        help="comma-separated words whose tokens mark the concept for localization "
                                        "when the prompts use synonyms (e.g. 'naked,nude,nudity,topless'); default: "
                                        "the target concept")
-    prompts_file: str | None = option(None, group=PROMPTS,
+    prompts_file: str | None = option(None, group=PROMPTS, flags=("--prompt_path",),
                                       help="training prompts: .txt (one per line) or .csv with a 'prompt' column and "
                                       "optionally 'preserve_prompt' (Ring-A-Bell's 'normal prompt' works too). "
                                       "Default: the concept itself")
@@ -108,6 +109,9 @@ class TrainConfig:
                                                  help="concepts to preserve, one per line; rows without a preserve "
                                                  "prompt get one by putting a preserved concept in place of the "
                                                  "target concept (or the preserved concept alone)")
+    generate_type: str = option("t2v", group=PROMPTS, choices=("t2v",),
+                                help="what the eraser is trained for: text to video, the only kind (accepted so the "
+                                "seed toolkit's commands run as written)")
 
     # -- video and trajectory
     num_frames: int | None = option(None, group=VIDEO, help="frames per training video, 4k+1 (default: the model's)")
@@ -179,8 +183,18 @@ class TrainConfig:
     learning_rate: float = option(1e-4, group=OPTIMISATION, help="AdamW learning rate")
     weight_decay: float = option(0.0, group=OPTIMISATION, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, group=OPTIMISATION, help="gradient clipping norm")
+    lr_scheduler: str = option("constant", group=OPTIMISATION, choices=LR_SCHEDULERS,
+                               help="learning rate over the run's updates, after the warm-up: constant, cosine (half a "
+                               "cosine down towards 0) or linear (straight down towards 0); see docs/method.md")
+    lr_warmup_steps: int = option(0, group=OPTIMISATION,
+                                  help="updates over which the learning rate rises linearly to --learning_rate "
+                                  "(update u of the first N runs at u/N of it)")
     batch_size: int = option(1, group=OPTIMISATION,
                              help="prompts per forward batch (one update = one timestep of one batch)")
+    gradient_accumulation_steps: int = option(1, group=OPTIMISATION,
+                                              help="forward batches per update: an update trains N x --batch_size "
+                                              "prompts at the same timestep, N batches at a time, and steps once "
+                                              "(the same update as --batch_size N x B, in the memory of B)")
     num_epochs: int = option(1, group=OPTIMISATION, help="epochs; an epoch is one trajectory per prompt")
     max_steps: int | None = option(None, group=OPTIMISATION,
                                    help="stop after this many updates (before --num_epochs ends)")
@@ -188,18 +202,48 @@ class TrainConfig:
                        help="seed for prompt order, latents and sampled timesteps (CPU generators)")
 
     # -- output
-    output_dir: str = option(group=OUTPUT,
+    output_dir: str = option(group=OUTPUT, flags=("--eraser_ckpt_path",),
                              help="the eraser folder; also holds args.json, train_log.jsonl, loss.png, checkpoints/")
     save_every: int = option(100, group=OUTPUT,
                              help="write checkpoints/step_N every N updates (0: only at the end)")
-    resume_from: str | None = option(None, group=OUTPUT, help="a checkpoints/step_N folder to continue from")
+    checkpoints_total_limit: int | None = option(None, group=OUTPUT,
+                                                 help="keep only the K most recent checkpoints/step_N folders (older "
+                                                 "ones are deleted after each save); default: keep all")
+    resume_from: str | None = option(None, group=OUTPUT,
+                                     help="a checkpoints/step_N folder to continue from, or 'latest': the highest "
+                                     "complete step under <output_dir>/checkpoints (a fresh start when there is none)")
     log_every: int = option(10, group=OUTPUT, help="log a line every N updates")
+    report_to: str = option("tensorboard", group=OUTPUT, choices=("none", "tensorboard", "wandb"),
+                            help="where the losses, learning rate and validations go besides train_log.jsonl "
+                            "(through accelerate's trackers): TensorBoard events in <output_dir>/tensorboard, Weights & "
+                            "Biases (needs `pip install wandb`; WANDB_MODE=offline keeps it offline), or none")
+    validation_prompts: str | None = option(None, group=OUTPUT,
+                                            help="prompts (.txt or .csv, as --prompts_file) rendered clean vs erased "
+                                            "with fixed seeds every --validation_every updates into "
+                                            "<output_dir>/validation/step_N/ and the tracker; on the world model "
+                                            "also scored by its classifier (scores.json). Loads the VAE")
+    validation_every: int = option(100, group=OUTPUT,
+                                   help="updates between validations (and one after the last update)")
     verbose: bool = option(False, group=OUTPUT, help="debug logging")
 
     def __post_init__(self):
         for name in ("batch_size", "num_epochs", "num_inference_steps", "eraser_rank"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("gradient_accumulation_steps", "validation_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        if self.lr_warmup_steps < 0:
+            raise UserError(f"--lr_warmup_steps must be 0 or more (got {self.lr_warmup_steps})")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise UserError(f"--checkpoints_total_limit must be at least 1 (got {self.checkpoints_total_limit}); leave "
+                            f"it out to keep every checkpoint")
+        if self.adversarial and self.gradient_accumulation_steps > 1:
+            raise UserError("--adversarial refreshes its soft prompt once per forward batch, so it cannot be split "
+                            "over --gradient_accumulation_steps; use a larger --batch_size, or accumulation without "
+                            "--adversarial")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise UserError(f"--num_frames must be at least 1 (got {self.num_frames})")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--max_steps must be at least 1 (got {self.max_steps})")
         if self.train_timesteps != "all":
@@ -217,7 +261,7 @@ class TrainConfig:
         if self.anchor_prompt is not None and not self.anchor_prompt.strip():
             raise UserError("--anchor_prompt is empty; give the prompt the concept should turn into, or leave it out")
         for name in ("dtype", "model_family", "scheduler", "trajectory", "loss_target", "mask_mode",
-                     "mask_normalize", "mask_fallback"):
+                     "mask_normalize", "mask_fallback", "lr_scheduler", "report_to", "generate_type"):
             allowed = _field(name).metadata["choices"]
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise UserError(f"--{name} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
@@ -256,10 +300,11 @@ class ResolvedTraining:
     preserve_prompts: tuple | None
     world_size: int = 1
     anchor_prompts: tuple | None = None  # per prompt (--anchor_prompt or the file's anchor_prompt column)
+    preserved_concepts: tuple | None = None  # the concepts the preserve prompts were made from (file or auto)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        for key in ("concept_words", "prompts", "preserve_prompts", "anchor_prompts"):
+        for key in ("concept_words", "prompts", "preserve_prompts", "anchor_prompts", "preserved_concepts"):
             out[key] = None if out[key] is None else list(out[key])
         return out
 

@@ -29,7 +29,9 @@ from .errors import UserError
 from .families import family_of_pipeline, resolve_family
 from .io_utils import atomic_write_json, read_lines
 from .prompts import load_prompts
+from .tracking import check_tracker
 from .trainer import EraserTrainer, encode_prompt_set, run_training
+from .validation import read_validation_prompts
 
 logger = logging.getLogger("receler.train")
 
@@ -57,10 +59,11 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     kept). Raises :class:`~receler.errors.UserError` for anything the user can fix.
     """
     family = family_of_pipeline(pipe) if pipe is not None else resolve_family(config.model_family, config.model_path)
-    if config.num_frames is not None:
-        family.check_frames(config.num_frames)
-    prompts, given = read_training_prompts(config)
-    anchors = read_anchor_prompts(config, len(prompts))
+    check_tracker(config.report_to)
+    table = load_prompts(config.prompts_file) if config.prompts_file else None
+    prompts, given = read_training_prompts(config, table)
+    anchors = read_anchor_prompts(config, len(prompts), table.rows if table else None)
+    validation = read_validation_prompts(config.validation_prompts, config.seed) if config.validation_prompts else None
     if not config.auto_generate_preserved:  # check the prompt files now, before any model loads
         choose_preserve_prompts(config, prompts, given, read_preserved_concepts(config.preserved_concepts_file))
     dist = Distributed(config.device)
@@ -72,18 +75,25 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    pipe, data, beta = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir, dist.is_main, pipe,
-                                        anchors=anchors)
+    pipe, data, beta, preserved = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir,
+                                                   dist.is_main, pipe, anchors=anchors, validation=validation)
     resolved = resolve_training(config, family, pipe, device, beta=beta, prompts=prompts,
-                                preserve_prompts=data.preserve_prompts, world_size=dist.world_size, anchors=anchors)
+                                preserve_prompts=data.preserve_prompts, world_size=dist.world_size, anchors=anchors,
+                                preserved_concepts=preserved)
     logger.info("resolved settings: %s", json.dumps({k: v for k, v in resolved.to_dict().items()
                                                       if k not in ("prompts", "preserve_prompts")}))
     if dist.is_main:
         atomic_write_json(output_dir / "args.json", {**config.to_dict(), "resolved": resolved.to_dict()})
     dist.barrier()
 
+    def validator(tracker):
+        from .validation import Validator
+
+        return Validator(family, pipe, validation, data.cond_validation, resolved, config.num_inference_steps,
+                         output_dir, config.target_concept, tracker)
+
     with EraserTrainer(family, pipe, config, device, dist, resolved=resolved) as trainer:
-        summary = run_training(trainer, data, output_dir)
+        summary = run_training(trainer, data, output_dir, validator if validation else None)
     return TrainResult(output_dir, summary["updates"], summary["stopped"], resolved, pipe)
 
 
@@ -93,23 +103,24 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
 ANCHOR_COLUMNS = ("anchor_prompt", "anchor")
 
 
-def read_training_prompts(config: TrainConfig) -> tuple:
-    """``(prompts, preserve prompts given by the file or None per row)``."""
+def read_training_prompts(config: TrainConfig, table=None) -> tuple:
+    """``(prompts, preserve prompts given by the file or None per row)``; ``table``: the file, when already read."""
     if config.prompts_file is None:
         logger.info("no --prompts_file: training on the concept itself (%r)", config.target_concept)
         return [config.target_concept], [None]
-    table = load_prompts(config.prompts_file)
+    table = load_prompts(config.prompts_file) if table is None else table
     return [r.prompt for r in table.rows], [r.preserve_prompt for r in table.rows]
 
 
-def read_anchor_prompts(config: TrainConfig, count: int) -> list | None:
+def read_anchor_prompts(config: TrainConfig, count: int, rows=None) -> list | None:
     """One anchor per training prompt: the prompts file's ``anchor_prompt`` column, else ``--anchor_prompt`` for
-    every row, else None (plain negative guidance). A row with an empty anchor cell falls back to the flag."""
+    every row, else None (plain negative guidance). A row with an empty anchor cell falls back to the flag.
+    ``rows``: the prompts file's rows, when already read."""
     column = []
     if config.prompts_file is not None:
         from .prompts import find_column
 
-        rows = load_prompts(config.prompts_file).rows
+        rows = load_prompts(config.prompts_file).rows if rows is None else rows
         name = find_column(list(rows[0].extra), ANCHOR_COLUMNS) if rows and rows[0].extra else None
         column = [r.extra.get(name) or None for r in rows] if name else []
     anchors = [a or config.anchor_prompt for a in column] if column else [config.anchor_prompt] * count
@@ -177,13 +188,14 @@ def auto_preserved_concepts(config: TrainConfig, family, pipe, device, output_di
 
 
 def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given, output_dir, is_main, pipe=None,
-                     anchors=None):
+                     anchors=None, validation=None):
     """Load the transformer and text encoder (unless ``pipe`` is given), choose the preserve prompts, encode
-    every prompt (and its anchor) once, then release the text encoder (only from a pipeline loaded here).
-    Returns ``(pipe, prompt set, beta)``."""
+    every prompt (and its anchor, and the ``validation`` rows' prompts) once, then release the text encoder
+    (only from a pipeline loaded here). The VAE is loaded only for validation renders.
+    Returns ``(pipe, prompt set, beta, preserved concepts)``."""
     loaded_here = pipe is None
     if loaded_here:
-        pipe = family.load_pipeline(config.model_path, dtype=dtype, with_vae=False)
+        pipe = family.load_pipeline(config.model_path, dtype=dtype, with_vae=bool(validation))
     if config.scheduler:
         family.set_scheduler(pipe, config.scheduler)
     encode_device = torch.device("cpu") if config.use_cpu_offload else device
@@ -197,6 +209,10 @@ def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given,
                              soft_tokens=config.adv_num_tokens if config.adversarial else 0,
                              anchor_prompts=anchors,
                              concept_prompt=config.target_concept if config.mask_fallback == "concept" else None)
+    if validation:
+        with torch.no_grad():
+            data.cond_validation = [{k: v.detach().cpu() for k, v in family.encode_prompts(pipe, [p], encode_device).items()}
+                                    for p, _ in validation]
     if loaded_here:
         for name in family.text_encoder_names():
             setattr(pipe, name, None)  # training never needs the text encoder again
@@ -204,18 +220,19 @@ def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given,
         if device.type == "cuda":
             torch.cuda.empty_cache()
     pipe.transformer.to(device)
-    return pipe, data, beta
+    if validation and getattr(pipe, "vae", None) is not None:
+        pipe.vae.to(device)
+    return pipe, data, beta, (preserved or None)
 
 
 def resolve_training(config: TrainConfig, family, pipe, device, beta=None, prompts=(), preserve_prompts=None,
-                     world_size: int = 1, anchors=None) -> ResolvedTraining:
+                     world_size: int = 1, anchors=None, preserved_concepts=None) -> ResolvedTraining:
     """What ``config`` leaves open, for this model and device: the video size (the model's own where the
     config gives none, checked), the blocks to checkpoint, ``beta``'s default, the loss target."""
     device = torch.device(device)
     default_frames, default_height, default_width = family.default_video_size(pipe)
-    frames = config.num_frames or default_frames
+    frames = family.round_frames(config.num_frames or default_frames)
     height, width = config.height or default_height, config.width or default_width
-    family.check_frames(frames)
     family.check_size(height, width)
     beta = beta if beta is not None else (config.beta if config.beta is not None else 0.0)
     resolved = ResolvedTraining(
@@ -225,6 +242,7 @@ def resolve_training(config: TrainConfig, family, pipe, device, beta=None, promp
         concept_words=tuple(config.concept_word_list), prompts=tuple(prompts),
         preserve_prompts=None if preserve_prompts is None else tuple(preserve_prompts), world_size=world_size,
         anchor_prompts=None if anchors is None else tuple(anchors),
+        preserved_concepts=tuple(preserved_concepts) if preserved_concepts and beta > 0 else None,
     )
     blocks = checkpoint_block_count(config, family, pipe, device, resolved)
     return ResolvedTraining(**{**resolved.__dict__, "checkpoint_blocks": blocks})
