@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.common import record_on_model_card
 from receler.attack import attack_prompts
 from receler.erasers.utils import DisableEraser
 from receler.errors import UserError, cli_entry, setup_logging
@@ -413,8 +414,21 @@ def main(argv=None):
         return report
     if summary_line(report):
         print(summary_line(report))
+    record_on_model_card(args.eraser_path, "attack", card_numbers(report), out / "attack.json")
     print(f"wrote {out / 'attack.json'}")
     return report
+
+
+def card_numbers(report: dict) -> dict:
+    """What the model card shows of an attack: its budget, its loss, and the concept rate per side."""
+    settings = report.get("settings", {})
+    numbers = {"target_concept": report.get("target_concept"), "prompts": len(report.get("videos", [])),
+               "soft_tokens": settings.get("num_tokens"), "attack_steps": settings.get("steps"),
+               "attack_loss_first": report.get("loss_first"), "attack_loss_last": report.get("loss_last"),
+               "detector": report.get("detector")}
+    for side, rate in (report.get("concept_rate") or {}).items():
+        numbers[f"concept_rate_{side}"] = rate.get("rate")
+    return numbers
 
 
 if __name__ == "__main__":
