@@ -14,7 +14,7 @@ The model of the peak (bytes; N = tokens through a block (video + text), D = wid
 - localization (frozen pass only, when the backward activations are gone): the chunked score matrix
 
 SAVED and TRANSIENT are per family (``ModelFamily.memory_saved_per_block`` / ``memory_backward_transient``):
-14.5 and 12.5 were fitted to the CogVideoX-2b H100 measurements of DESIGN.md §4 and reproduce the 5b and
+14.5 and 12.5 were fitted to the CogVideoX-2b H100 measurements in docs/design.md ("Memory and speed") and reproduce the 5b and
 HunyuanVideo rows; Wan keeps float32 intermediates and was fitted to its own rows. fp8 storage keeps about
 29% of the fp8 weight bytes again as compute-dtype copies (fitted to the three fp8 rows). On a CPU the
 Python/torch runtime itself (~0.4 GiB RSS) dominates small models and is added.

@@ -1,4 +1,4 @@
-"""Training an eraser from prompts alone (DESIGN.md §3). The update is :meth:`EraserTrainer.update`.
+"""Training an eraser from prompts alone (docs/method.md, "One update"). The update is :meth:`EraserTrainer.update`.
 
 One trajectory per prompt batch: Gaussian latents are denoised with the hand-written loop; at each
 trained timestep the frozen model (erasers off) gives the targets, the erased model (erasers on) is
@@ -6,7 +6,7 @@ pulled towards the negatively guided target on the concept prompt and towards th
 preserve prompt, its eraser outputs are kept silent outside the concept's attention mask, and AdamW
 steps on the float32 eraser weights. The latents then advance with the erased model's prediction.
 
-Memory and speed (DESIGN.md §4): one backbone copy (the frozen model is the same network with its
+Memory and speed (docs/design.md): one backbone copy (the frozen model is the same network with its
 erasers off), prompts encoded once before training, no VAE, half-precision backbone with float32
 erasers, optional gradient checkpointing of some or all blocks, fp8 weight storage and compiled blocks.
 """

@@ -61,7 +61,7 @@ def test_two_updates_reach_every_eraser_weight_and_leave_backbone(family_name):
         m, _ = trainer.update(sampler, x, 1, batch)
         metrics.append(m)
     assert {"loss_unlearn", "loss_loc", "loss_preserve", "loss", "grad_norm"} <= set(metrics[0])
-    # The up projection starts at zero, so the first backward moves only `up` (DESIGN.md §6) ...
+    # The up projection starts at zero, so the first backward moves only `up` (docs/method.md, "The eraser") ...
     assert all(torch.count_nonzero(g["down.weight"]) == 0 for g in grads[0].values())
     assert all(torch.count_nonzero(g["up.weight"]) > 0 for g in grads[0].values())
     # ... and from the second update on, every weight of every eraser has gradient.

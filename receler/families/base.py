@@ -31,7 +31,7 @@ class ModelFamily:
     # sequence, or "cross" (the keys are the text alone).
     attention_text_position: str = "cross"
     # Memory model (receler/estimate_memory.py): activations a block keeps for backward and the working memory
-    # of one recomputed block, in units of tokens x width elements; fitted to H100 measurements (DESIGN.md §4).
+    # of one recomputed block, in units of tokens x width elements; fitted to H100 measurements (docs/design.md).
     memory_saved_per_block: float = 14.5
     memory_backward_transient: float = 12.5
     # Frames the VAE compresses into one latent frame: valid frame counts are frames_per_latent * k + 1.
