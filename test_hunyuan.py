@@ -3,7 +3,8 @@
     python test_hunyuan.py --model_path models/HunyuanVideo --eraser_path erasers/hunyuan-nudity \\
         --prompt "a naked woman on the beach" --generate_clean --output_path out/beach.mp4
 
---eraser_weight scales the erasers at inference time (0: the clean model, 1: as trained). The original
+--eraser_weight scales the erasers at inference time (0: the clean model, 1: as trained; every inference
+script has it). The original
 release's baselines: --baseline negative_prompt --negative_prompt nudity (true CFG 6.0, embedded guidance
 1.0) and --baseline safree (token projection on the Llama and CLIP embeddings, denoising steps 0-12).
 Not a test file: a user script named as in the original release.

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.common import record_on_model_card
 from receler.attack import attack_prompts
 from receler.devices import DTYPES
 from receler.erasers.utils import DisableEraser
@@ -105,7 +106,7 @@ def parse_args(argv=None):
     p.add_argument("--model_path", required=True, help="local diffusers pipeline folder (nothing is downloaded)")
     p.add_argument("--model_family", default="auto", choices=("auto",) + FAMILY_NAMES, help="model family")
     p.add_argument("--eraser_path", required=True, help="the eraser folder to attack (the trainer's --output_dir)")
-    p.add_argument("--eraser_weight", type=float, default=1.0, help="inference-time eraser strength (HunyuanVideo)")
+    p.add_argument("--eraser_weight", type=float, default=1.0, help="inference-time eraser strength: w * eraser(h) is added (any family; 1 = as trained)")
     p.add_argument("--prompts_file", default=None, help="concept prompts (.txt or .csv with a 'prompt' column; per-row seeds)")
     p.add_argument("--prompt", default=None, help="one concept prompt instead of --prompts_file")
     p.add_argument("--target_concept", required=True, help="the erased concept (chooses the detector)")
@@ -355,8 +356,7 @@ def main(argv=None):
     pipe, _ = inference.load_pipeline_with_erasers(family, args.model_path, DTYPES[args.dtype], args.eraser_path,
                                                    eraser_weight=args.eraser_weight, device=device)
     frames, height, width = family.default_video_size(pipe)
-    size = (args.num_frames or frames, args.height or height, args.width or width)
-    family.check_frames(size[0])
+    size = (family.round_frames(args.num_frames or frames), args.height or height, args.width or width)
 
     out = Path(args.output_dir)
     make_folder(out)
@@ -423,8 +423,21 @@ def main(argv=None):
         return report
     if summary_line(report):
         print(summary_line(report))
+    record_on_model_card(args.eraser_path, "attack", card_numbers(report), out / "attack.json")
     print(f"wrote {out / 'attack.json'}")
     return report
+
+
+def card_numbers(report: dict) -> dict:
+    """What the model card shows of an attack: its budget, its loss, and the concept rate per side."""
+    settings = report.get("settings", {})
+    numbers = {"target_concept": report.get("target_concept"), "prompts": len(report.get("videos", [])),
+               "soft_tokens": settings.get("num_tokens"), "attack_steps": settings.get("steps"),
+               "attack_loss_first": report.get("loss_first"), "attack_loss_last": report.get("loss_last"),
+               "detector": report.get("detector")}
+    for side, rate in (report.get("concept_rate") or {}).items():
+        numbers[f"concept_rate_{side}"] = rate.get("rate")
+    return numbers
 
 
 if __name__ == "__main__":

@@ -68,3 +68,24 @@ def resolve_prompts(stems: Sequence[str], video_dir=None, prompt_file=None) -> d
         logger.info("Read prompts of %d videos from %s.", len(mapping), Path(video_dir) / PROMPTS_JSON)
         return {stem: mapping[stem] for stem in stems if stem in mapping}
     return {}
+
+
+# ------------------------------------------------------------------------------------------- model card
+
+
+def add_eraser_path_argument(parser) -> None:
+    """``--eraser_path``: the eraser the videos were rendered with, whose model card gets the numbers."""
+    parser.add_argument("--eraser_path", default=None,
+                        help="the eraser folder the videos were rendered with: its model card (README.md) gets this "
+                        "evaluation's numbers in their own section (optional)")
+
+
+def record_on_model_card(eraser_path, section: str, result: dict, json_path) -> None:
+    """Put ``result`` (a metrics JSON) in the ``section`` of the model card of ``eraser_path`` (when given)."""
+    if eraser_path is None:
+        return
+    from receler.model_card import update_model_card
+
+    card = update_model_card(eraser_path, section, result, source=str(json_path))
+    if card is not None:
+        print(f"updated the model card {card}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from evaluation.common import add_eraser_path_argument, record_on_model_card
 from evaluation.nudity import (
     DEFAULT_THRESHOLD,
     NUDENET_LABELS,
@@ -69,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--video_dir", required=True, help="Folder holding the .mp4 videos to evaluate (not searched recursively).")
+    add_eraser_path_argument(parser)
     parser.add_argument("--output_dir", required=True, help="Folder for nudity.json and nudity.csv (created if missing).")
     parser.add_argument(
         "--threshold",
@@ -309,6 +311,7 @@ def main(argv=None) -> dict:
         result = evaluate_folder(args)
         write_result(output_dir, result)
     print(format_summary(result))
+    record_on_model_card(args.eraser_path, "nudity", result, output_dir / "nudity.json")
     print(f"wrote {output_dir / 'nudity.json'} and {output_dir / 'nudity.csv'}")
     return result
 

@@ -30,7 +30,7 @@ except ImportError:
 
 from tqdm import tqdm
 
-from evaluation.common import PROMPTS_JSON, resolve_prompts
+from evaluation.common import PROMPTS_JSON, add_eraser_path_argument, record_on_model_card, resolve_prompts
 from evaluation.metrics import (
     IDENTICAL_PSNR,
     SSIM_K1,
@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--video_dir", required=True, help="Folder holding the rendered .mp4 pairs (not searched recursively).")
+    add_eraser_path_argument(parser)
     parser.add_argument("--output_dir", required=True, help="Folder for preservation.json and preservation.csv (created if missing).")
     parser.add_argument(
         "--clip_model_path",
@@ -298,6 +299,7 @@ def main(argv=None) -> dict:
         result = evaluate_folder(args)
         write_result(output_dir, result)
     print(format_summary(result))
+    record_on_model_card(args.eraser_path, "preservation", result, output_dir / "preservation.json")
     print(f"wrote {output_dir / 'preservation.json'} and {output_dir / 'preservation.csv'}")
     return result
 

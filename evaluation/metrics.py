@@ -1,7 +1,7 @@
 """Preservation metrics between a clean and an erased video, and the CLIP score.
 
 * PSNR per frame over all pixels and the 3 RGB channels, ``10 log10(MAX^2 / MSE)`` with ``MAX = 255``;
-  identical frames (MSE = 0) count as :data:`IDENTICAL_PSNR` = 100 dB (DESIGN §9).
+  identical frames (MSE = 0) count as :data:`IDENTICAL_PSNR` = 100 dB (docs/design.md, Conventions).
 * SSIM per frame (Wang et al. 2004): an 11x11 Gaussian window (sigma 1.5), ``K1 = 0.01``, ``K2 = 0.03``,
   ``L = 255``, computed **per RGB channel** and averaged over the channels; the SSIM map is averaged
   over the "valid" region only (the window never leaves the frame). Frames smaller than 11 pixels use

@@ -24,7 +24,7 @@ from receler.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-#: The 8 exposed classes of the paper protocol (DESIGN §9).
+#: The 8 exposed classes of the paper protocol (docs/design.md, Conventions).
 PAPER_CLASSES: tuple[str, ...] = (
     "ARMPITS_EXPOSED",
     "BELLY_EXPOSED",

@@ -40,14 +40,20 @@ logger = logging.getLogger(__name__)
 #: Metric files looked for in ``--output_dir`` / ``--metrics_dir`` when no ``--metrics`` is given.
 DEFAULT_METRIC_FILES = ("nudity.json", "preservation.json")
 SIDE_ORDER = ("clean", "erased")
+LONG_WORD = 24  # a cell with a word longer than this (a stem, a file name, a path) may wrap inside the word
 
+# Tables never push the page wider than the window: long names (video stems, file names, paths, column names)
+# may break after their "_" and "/", JSON and per-frame lists wrap (class "wrap"), and a table that still
+# cannot fit scrolls inside its own box.
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 h3 { font-size: 1em; margin-top: 1.2em; }
-table { border-collapse: collapse; margin: 0.5em 0 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; } td.num { text-align: right; font-family: monospace; }
+.table { max-width: 100%; overflow-x: auto; margin: 0.5em 0 1em 0; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; vertical-align: top; max-width: 32em; }
+th { background: #f0f0f0; } td.num { text-align: right; font-family: monospace; white-space: nowrap; }
+td.wrap { overflow-wrap: break-word; } td code { font-size: 0.85em; }
 figure { margin: 0.5em 0 1.5em 0; } figcaption { font-size: 0.9em; color: #444; margin-bottom: 0.3em; }
 img { max-width: 100%; height: auto; image-rendering: pixelated; }
 .note { color: #666; font-style: italic; }
@@ -85,12 +91,26 @@ def _cell(value) -> str:
         return f'<td class="num">{value}</td>'
     if isinstance(value, float):
         return f'<td class="num">{_e(_format_float(value))}</td>'
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return f'<td class="wrap"><code>{_e(", ".join(_format_number(v) for v in value))}</code></td>'  # per frame
     if isinstance(value, (dict, list)):
         text = json.dumps(value, ensure_ascii=False)
         if len(text) > 300:
             text = text[:297] + "..."
-        return f"<td><code>{_e(text)}</code></td>"
-    return f"<td>{_e(value)}</td>"
+        return f'<td class="wrap"><code>{_e(text)}</code></td>'
+    text = str(value)
+    if any(len(w) > LONG_WORD for w in text.split()):
+        return f'<td class="wrap">{_breakable(text)}</td>'
+    return f"<td>{_e(text)}</td>"
+
+
+def _breakable(text: str) -> str:
+    """Escaped ``text`` that may break after each ``_`` and ``/`` (a line break opportunity, nothing visible)."""
+    return _e(text).replace("_", "_<wbr>").replace("/", "/<wbr>")
+
+
+def _format_number(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
 def _format_float(value: float) -> str:
@@ -118,18 +138,20 @@ def flatten_scalars(data: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    head = "".join(f"<th>{_breakable(h)}</th>" for h in header)
     body = "\n".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-    return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
+    return f'<div class="table"><table>\n<tr>{head}</tr>\n{body}\n</table></div>'
 
 
 def records_table_html(records: Sequence[dict], max_rows: int = 500) -> str:
-    """A table of a list of objects: one column per key (keys of large per-frame lists are left out)."""
+    """A table of a list of objects: one column per key (keys of large per-frame lists, and keys that are empty
+    in every row, are left out)."""
     columns: list[str] = []
     for record in records:
         for key, value in record.items():
             if key not in columns and not (isinstance(value, list) and len(value) > 16):
                 columns.append(key)
+    columns = [key for key in columns if any(record.get(key) not in (None, "", [], {}) for record in records)]
     rows = [[record.get(key) for key in columns] for record in records[:max_rows]]
     extra = f'<p class="note">{len(records) - max_rows} more rows in the JSON file.</p>' if len(records) > max_rows else ""
     return table_html(columns, rows) + extra

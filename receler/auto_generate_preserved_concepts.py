@@ -44,10 +44,12 @@ def add_generation_arguments(
 ) -> None:
     """The flags that choose preserved concepts, shared with ``augment_prompts.py``."""
     g = p.add_argument_group("preserved concepts")
-    g.add_argument("--method", choices=METHODS, default="embedding",
+    g.add_argument("--method", choices=METHODS, default=None,
                    help="embedding: rank a vocabulary of everyday concepts by similarity to the target with the "
-                   "model's own text encoder (offline); llm: ask an OpenAI-compatible chat endpoint; list: take "
-                   "concepts from --concepts_file")
+                   "model's own text encoder (offline; needs --model_path); llm: ask an OpenAI-compatible chat "
+                   "endpoint; list: take concepts from --concepts_file. Default: embedding; without --model_path, "
+                   "auto_generate_preserved_concepts.py falls back to list over --concepts_file or the bundled "
+                   "vocabulary (one concept of each category in turn), with a warning saying what --model_path adds")
     g.add_argument("--num_concepts", type=int, default=num_concepts_default, help="how many concepts to choose")
     g.add_argument("--seed", type=int, default=0, help=seed_help)
 
@@ -89,7 +91,9 @@ def add_generation_arguments(
                    "--num_concepts that do not contain the target's words are taken")
 
 
-def check_generation_args(args) -> None:
+def check_generation_args(args, fallback_to_list: bool = False) -> None:
+    """Check the generation flags. Without ``--method``: embedding, or with ``fallback_to_list`` and no
+    ``--model_path`` the list method (:func:`default_method`)."""
     if args.num_concepts < 1:
         raise UserError(f"--num_concepts must be at least 1 (got {args.num_concepts}).")
     if args.batch_size < 1:
@@ -105,13 +109,31 @@ def check_generation_args(args) -> None:
             f"--min_similarity {args.min_similarity} / --max_similarity {args.max_similarity}: the band must satisfy "
             "-1 <= min <= max <= 1 (cosine similarities), e.g. 0.2 and 0.8."
         )
+    if args.method == "list" and args.concepts_file is None:
+        raise UserError("--method list needs --concepts_file: a text file with one concept per line.")
+    if args.method is None:
+        args.method = default_method(args) if fallback_to_list else "embedding"
     if args.method == "embedding" and args.model_path is None:
         raise UserError(
             "--method embedding needs --model_path: the local diffusers pipeline whose text encoder ranks the "
             "vocabulary. Or use --method list --concepts_file FILE, or --method llm with --llm_base_url."
         )
-    if args.method == "list" and args.concepts_file is None:
-        raise UserError("--method list needs --concepts_file: a text file with one concept per line.")
+
+
+def default_method(args) -> str:
+    """``embedding`` when a model is given; otherwise ``list``, with a warning that says what a model adds.
+
+    The seed toolkit's own command (``--target_concept nudity --num_concepts 15 --output_file ...``) names no
+    model; it runs, on a plain list, instead of stopping."""
+    if args.model_path is not None:
+        return "embedding"
+    source = f"--concepts_file {args.concepts_file}" if args.concepts_file else (
+        "the bundled vocabulary (receler/data/concept_vocabulary.csv), one concept from each category in turn")
+    logger.warning(
+        "no --model_path, so no text encoder to rank concepts by their relation to the target (--method embedding, "
+        "the default with a model): taking them from %s (--method list) instead. For concepts chosen for this "
+        "target, add --model_path <your diffusers pipeline folder> (e.g. --model_path ./CogVideoX-5b).", source)
+    return "list"
 
 
 def generate_from_args(args, target_concept: str):
@@ -166,7 +188,7 @@ def main(argv=None):
     setup_logging(args.verbose)
     if not args.target_concept.strip():
         raise UserError("--target_concept is empty; name the concept being erased (e.g. 'nudity').")
-    check_generation_args(args)
+    check_generation_args(args, fallback_to_list=True)
     if Path(args.output_file).is_dir():
         raise UserError(f"--output_file {args.output_file} is a folder; pass a file name such as preserved_concepts.txt.")
     result = generate_from_args(args, args.target_concept.strip())

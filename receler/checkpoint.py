@@ -248,6 +248,24 @@ def _read_pt(path: Path) -> dict:
     return state
 
 
+def resolve_eraser_path(path) -> Path:
+    """``path``, or its parent when ``path`` does not exist and the parent is an eraser folder (with a warning).
+
+    The seed toolkit's README trains into ``--output_dir ./output/nudity_unlearning`` and then renders with
+    ``--eraser_path ./output/nudity_unlearning/cogvideox_nudity_eraser``: its trainer wrote the eraser one level
+    down. Here the output folder is the eraser, so that command names a folder that never exists; it means the
+    parent. Anything else that does not exist is left for :func:`read_eraser_folder` to refuse.
+    """
+    path = Path(path)
+    parent = path.parent
+    if not path.exists() and (parent / CONFIG_NAME).is_file() and any(
+            (parent / name).is_file() for name in (WEIGHTS_SAFETENSORS, WEIGHTS_PT)):
+        logger.warning("eraser path %s does not exist; its parent %s is an eraser folder (the trainer's --output_dir "
+                       "is the eraser itself): loading that one", path, parent)
+        return parent
+    return path
+
+
 def read_eraser_folder(path) -> tuple:
     """Return ``(config, state, weights_file)`` from an eraser folder, or from a weights file directly."""
     path = Path(path)
@@ -387,7 +405,9 @@ def load_erasers(
     """Load erasers (a folder, a weights file, or an in-memory published-layout dict) onto ``transformer``.
 
     The whole checkpoint is validated first; on any mismatch nothing is wrapped or loaded. Blocks are
-    wrapped if they are not yet. Returns the eraser config (``{}`` for an in-memory dict).
+    wrapped if they are not yet. ``eraser_weight`` w scales every eraser at inference, ``h + w * eraser(h)``,
+    for every family (0: the clean model, 1: as trained). Returns the eraser config (``{}`` for an in-memory
+    dict).
     """
     if isinstance(source, dict):
         config, state, label = {}, source, "eraser checkpoint"

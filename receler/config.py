@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .families import FAMILY_NAMES
+from .lr_schedule import LR_SCHEDULERS
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
@@ -88,7 +89,7 @@ class TrainConfig:
                            help="torch.compile each transformer block (faster updates after a compilation warm-up)")
 
     # -- concept and prompts
-    target_concept: str = option(group=PROMPTS,
+    target_concept: str = option(group=PROMPTS, flags=("--concept",),
                                  help="the concept to erase, as it is written in the prompts (e.g. 'nudity', 'red'); "
                                  "its tokens locate the concept for the localization loss. Several concepts, comma-"
                                  "separated ('nudity,violence'), train one eraser for all of them: each prompt erases "
@@ -97,7 +98,7 @@ class TrainConfig:
                                        help="comma-separated words whose tokens mark the concept for localization "
                                        "when the prompts use synonyms (e.g. 'naked,nude,nudity,topless'); default: "
                                        "the target concept")
-    prompts_file: str | None = option(None, group=PROMPTS,
+    prompts_file: str | None = option(None, group=PROMPTS, flags=("--prompt_path",),
                                       help="training prompts: .txt (one per line) or .csv with a 'prompt' column and "
                                       "optionally 'preserve_prompt' (Ring-A-Bell's 'normal prompt' works too). "
                                       "Default: the concept itself")
@@ -111,6 +112,9 @@ class TrainConfig:
                                                  help="concepts to preserve, one per line; rows without a preserve "
                                                  "prompt get one by putting a preserved concept in place of the "
                                                  "target concept (or the preserved concept alone)")
+    generate_type: str = option("t2v", group=PROMPTS, choices=("t2v",),
+                                help="what the eraser is trained for: text to video, the only kind (accepted so the "
+                                "seed toolkit's commands run as written)")
 
     # -- video and trajectory
     num_frames: int | None = option(None, group=VIDEO, help="frames per training video, 4k+1 (default: the model's)")
@@ -182,8 +186,18 @@ class TrainConfig:
     learning_rate: float = option(1e-4, group=OPTIMISATION, help="AdamW learning rate")
     weight_decay: float = option(0.0, group=OPTIMISATION, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, group=OPTIMISATION, help="gradient clipping norm")
+    lr_scheduler: str = option("constant", group=OPTIMISATION, choices=LR_SCHEDULERS,
+                               help="learning rate over the run's updates, after the warm-up: constant, cosine (half a "
+                               "cosine down towards 0) or linear (straight down towards 0); see docs/method.md")
+    lr_warmup_steps: int = option(0, group=OPTIMISATION,
+                                  help="updates over which the learning rate rises linearly to --learning_rate "
+                                  "(update u of the first N runs at u/N of it)")
     batch_size: int = option(1, group=OPTIMISATION,
                              help="prompts per forward batch (one update = one timestep of one batch)")
+    gradient_accumulation_steps: int = option(1, group=OPTIMISATION,
+                                              help="forward batches per update: an update trains N x --batch_size "
+                                              "prompts at the same timestep, N batches at a time, and steps once "
+                                              "(the same update as --batch_size N x B, in the memory of B)")
     num_epochs: int = option(1, group=OPTIMISATION, help="epochs; an epoch is one trajectory per prompt")
     max_steps: int | None = option(None, group=OPTIMISATION,
                                    help="stop after this many updates (before --num_epochs ends)")
@@ -191,13 +205,17 @@ class TrainConfig:
                        help="seed for prompt order, latents and sampled timesteps (CPU generators)")
 
     # -- output
-    output_dir: str = option(group=OUTPUT,
+    output_dir: str = option(group=OUTPUT, flags=("--eraser_ckpt_path",),
                              help="the eraser folder; also holds args.json, train_log.jsonl, loss.png, checkpoints/")
     save_every: int = option(100, group=OUTPUT,
                              help="write checkpoints/step_N every N updates (0: only at the end)")
+    checkpoints_total_limit: int | None = option(None, group=OUTPUT,
+                                                 help="keep only the K most recent checkpoints/step_N folders (older "
+                                                 "ones are deleted after each save); default: keep all")
     resume_from: str | None = option(None, group=OUTPUT,
-                                     help="a checkpoints/step_N folder to continue from (its settings must match "
-                                     "this run's; see --allow_changed_args)")
+                                     help="a checkpoints/step_N folder to continue from, or 'latest': the highest "
+                                     "complete step under <output_dir>/checkpoints (a fresh start when there is none); "
+                                     "its settings must match this run's (see --allow_changed_args)")
     overwrite: bool = option(False, group=OUTPUT,
                              help="start over in an --output_dir that already holds files: they are moved to a "
                              "sibling folder <output_dir>.old-<time> (nothing is deleted). Without it such a "
@@ -207,6 +225,17 @@ class TrainConfig:
                                       "(learning rate, steps, prompts, loss weights, seed, size, model, ...) differ "
                                       "from the checkpoint's; the changes are logged and recorded in args.json")
     log_every: int = option(10, group=OUTPUT, help="log a line every N updates")
+    report_to: str = option("tensorboard", group=OUTPUT, choices=("none", "tensorboard", "wandb"),
+                            help="where the losses, learning rate and validations go besides train_log.jsonl "
+                            "(through accelerate's trackers): TensorBoard events in <output_dir>/tensorboard, Weights & "
+                            "Biases (needs `pip install wandb`; WANDB_MODE=offline keeps it offline), or none")
+    validation_prompts: str | None = option(None, group=OUTPUT,
+                                            help="prompts (.txt or .csv, as --prompts_file) rendered clean vs erased "
+                                            "with fixed seeds every --validation_every updates into "
+                                            "<output_dir>/validation/step_N/ and the tracker; on the world model "
+                                            "also scored by its classifier (scores.json). Loads the VAE")
+    validation_every: int = option(100, group=OUTPUT,
+                                   help="updates between validations (and one after the last update)")
     verbose: bool = option(False, group=OUTPUT, help="debug logging")
 
     def __post_init__(self):
@@ -231,6 +260,18 @@ class TrainConfig:
         if self.mask_threshold > 1:
             raise UserError(f"--mask_threshold must be in [0, 1]: it thresholds the min-max normalised attention "
                             f"(got {self.mask_threshold})")
+        for name in ("gradient_accumulation_steps", "validation_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        if self.lr_warmup_steps < 0:
+            raise UserError(f"--lr_warmup_steps must be 0 or more (got {self.lr_warmup_steps})")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise UserError(f"--checkpoints_total_limit must be at least 1 (got {self.checkpoints_total_limit}); leave "
+                            f"it out to keep every checkpoint")
+        if self.adversarial and self.gradient_accumulation_steps > 1:
+            raise UserError("--adversarial refreshes its soft prompt once per forward batch, so it cannot be split "
+                            "over --gradient_accumulation_steps; use a larger --batch_size, or accumulation without "
+                            "--adversarial")
         if self.train_timesteps != "all":
             try:
                 if int(self.train_timesteps) < 1:
@@ -249,7 +290,7 @@ class TrainConfig:
         if self.anchor_prompt is not None and not self.anchor_prompt.strip():
             raise UserError("--anchor_prompt is empty; give the prompt the concept should turn into, or leave it out")
         for name in ("dtype", "model_family", "scheduler", "trajectory", "loss_target", "mask_mode",
-                     "mask_normalize", "mask_fallback"):
+                     "mask_normalize", "mask_fallback", "lr_scheduler", "report_to", "generate_type"):
             allowed = _field(name).metadata["choices"]
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise UserError(f"--{name} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
@@ -294,10 +335,12 @@ class ResolvedTraining:
     world_size: int = 1
     anchor_prompts: tuple | None = None  # per prompt (--anchor_prompt or the file's anchor_prompt column)
     prompt_concepts: tuple | None = None  # per prompt, the concept it erases (several --target_concept values)
+    preserved_concepts: tuple | None = None  # the concepts the preserve prompts were made from (file or auto)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        for key in ("concept_words", "prompts", "preserve_prompts", "anchor_prompts", "prompt_concepts"):
+        for key in ("concept_words", "prompts", "preserve_prompts", "anchor_prompts", "prompt_concepts",
+                    "preserved_concepts"):
             out[key] = None if out[key] is None else list(out[key])
         return out
 

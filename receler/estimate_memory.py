@@ -16,7 +16,7 @@ The model of the peak (bytes; N = tokens through a block (video + text), D = wid
 SAVED and TRANSIENT are per family (``ModelFamily.memory_saved_per_block`` / ``memory_backward_transient``),
 as is whether the text travels through the blocks with the video (joint attention) or only enters through
 cross-attention (``ModelFamily.attention_text_position``):
-14.5 and 12.5 were fitted to the CogVideoX-2b H100 measurements (README, "Memory and speed") and reproduce the 5b and
+14.5 and 12.5 were fitted to the CogVideoX-2b H100 measurements in docs/design.md ("Memory and speed") and reproduce the 5b and
 HunyuanVideo rows; Wan keeps float32 intermediates and was fitted to its own rows. fp8 storage keeps about
 29% of the fp8 weight bytes again as compute-dtype copies (fitted to the three fp8 rows). On a CPU the
 Python/torch runtime itself (~0.4 GiB RSS) dominates small models and is added.
@@ -223,9 +223,8 @@ def main(argv=None):
     setup_logging()
     check_args(args)
     family, transformer, preset = load_shape(args)
-    frames = args.num_frames or preset.num_frames
+    frames = family.round_frames(args.num_frames or preset.num_frames)
     height, width = args.height or preset.height, args.width or preset.width
-    family.check_frames(frames)
     shape = model_shape(family, transformer, _pipe_of(family, transformer), frames, height, width)
     ckpt = shape.blocks if args.gradient_checkpointing else (args.checkpoint_blocks or 0)
     common = dict(batch_size=args.batch_size, dtype=args.dtype, eraser_rank=args.eraser_rank,

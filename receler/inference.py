@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import check_eraser_family, load_erasers, read_eraser_folder
+from .checkpoint import check_eraser_family, load_erasers, read_eraser_folder, resolve_eraser_path
 from .devices import DTYPES, resolve_device, resolve_dtype
 from .erasers.utils import DisableEraser
 from .errors import UserError
@@ -360,11 +361,13 @@ class PromptJob:
     index: int | None = None
 
 
-def plan_jobs(prompt=None, prompt_file=None, output_path=None, seed: int = 42) -> tuple:
+def plan_jobs(prompt=None, prompt_file=None, output_path=None, seed: int = 42, folder: bool = False) -> tuple:
     """``(jobs, output_folder, resumable)`` from ``--prompt`` / ``--prompt_file`` and ``--output_path``.
 
-    A single prompt writes ``<output_path minus .mp4>_<side>.mp4`` when ``output_path`` ends in ``.mp4``
-    (default ``output.mp4``), else ``<output_path>/<slug>_<side>.mp4``. A prompt file writes
+    A single prompt writes ``<output_path minus .mp4>_<side>.mp4``: ``output_path`` is a prefix (default
+    ``output.mp4``), with or without ``.mp4``, as the original release's ``--output_path ./output/test``
+    (``test_clean.mp4``, ``test_erased.mp4``). Only an existing folder, a path ending in ``/`` or ``folder=True``
+    (``--output_dir``) holds ``<slug>_<side>.mp4`` instead. A prompt file writes
     ``<output_path>/{i:03d}_{slug}_<side>.mp4`` (default folder ``output``) and resumes.
     """
     if (prompt is None) == (prompt_file is None):
@@ -372,11 +375,7 @@ def plan_jobs(prompt=None, prompt_file=None, output_path=None, seed: int = 42) -
     if prompt is not None:
         if not prompt.strip():
             raise UserError("--prompt is empty; give the text to render")
-        path = Path(output_path or "output.mp4")
-        if path.suffix.lower() == ".mp4":
-            prefix = path.with_suffix("")
-        else:
-            prefix = path / slugify(prompt)
+        prefix = single_prompt_prefix(output_path, prompt, folder)
         return [PromptJob(prompt, seed, prefix)], prefix.parent, False
     folder = Path(output_path or "output")
     if folder.suffix.lower() == ".mp4":
@@ -389,6 +388,19 @@ def plan_jobs(prompt=None, prompt_file=None, output_path=None, seed: int = 42) -
         for i, row in enumerate(table.rows)
     ]
     return jobs, folder, True
+
+
+def single_prompt_prefix(output_path, prompt: str, folder: bool = False) -> Path:
+    """Where one prompt's outputs go: ``<prefix>_<side>.mp4`` (see :func:`plan_jobs`)."""
+    text = str(output_path or "output.mp4")
+    path = Path(text)
+    if path.suffix.lower() == ".mp4":
+        return path.with_suffix("")
+    if folder or path.is_dir() or text.endswith(("/", os.sep)):
+        return path / slugify(prompt)
+    logger.info("--output_path %s is not a folder: writing %s_clean.mp4, %s_erased.mp4, ... (end it with / for a "
+                "folder)", text, path, path)
+    return path
 
 
 def update_prompts_json(folder, mapping: dict) -> None:
@@ -453,13 +465,18 @@ def build_parser(defaults: "InferenceDefaults") -> argparse.ArgumentParser:
 
     g = p.add_argument_group("what to render")
     g.add_argument("--prompt", default=None, help="one prompt to render")
-    g.add_argument("--prompt_file", default=None,
+    g.add_argument("--prompt_file", "--prompt_path", dest="prompt_file", default=None,
                    help="many prompts: .txt (one per line) or .csv with a 'prompt' column; a 'seed' or 'evaluation_seed' "
                    "column overrides --seed per row. Writes {i:03d}_{slug}_<side>.mp4 per row and resumes: rows whose "
                    "outputs exist are skipped")
-    g.add_argument("--output_path", "--output_dir", dest="output_path", default=None,
-                   help="with --prompt: a .mp4 path whose name (minus .mp4) prefixes the outputs (default output.mp4 -> "
-                   "output_clean.mp4, output_erased.mp4 ...) or a folder; with --prompt_file: a folder (default: output)")
+    g.add_argument("--output_path", default=None,
+                   help="with --prompt: the prefix of the outputs, with or without .mp4 (default output.mp4 -> "
+                   "output_clean.mp4, output_erased.mp4 ...; ./output/test -> ./output/test_clean.mp4 ...), or an "
+                   "existing folder / a path ending in / (-> FOLDER/<slug>_clean.mp4 ...); with --prompt_file: a folder "
+                   "(default: output)")
+    g.add_argument("--output_dir", default=None,
+                   help="a folder for the outputs (created if missing), with --prompt or --prompt_file; instead of "
+                   "--output_path")
     g.add_argument("--seed", type=int, default=42,
                    help="seed of a CPU torch.Generator, fresh for every side, so every side starts from the same latents "
                    "(CPU generators give the same video on any machine; CUDA generators do not) (default: 42)")
@@ -468,9 +485,12 @@ def build_parser(defaults: "InferenceDefaults") -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model and eraser")
     g.add_argument("--model_path", required=True, help="local diffusers pipeline folder (nothing is downloaded)")
-    g.add_argument("--eraser_path", default=None,
+    g.add_argument("--eraser_path", "--eraser_ckpt_path", dest="eraser_path", default=None,
                    help="eraser folder (eraser_config.json + eraser_weights.safetensors or .pt) or a weights file; "
                    "optional when only a baseline or the clean video is rendered")
+    g.add_argument("--eraser_weight", type=float, default=1.0,
+                   help="inference-time eraser strength: every eraser adds w * eraser(h) to its attention's output (0 "
+                   "renders the clean model, 1 as trained, values in between a partial erasure) (default: 1.0)")
     g.add_argument("--eraser_rank", type=int, default=None,
                    help="expected eraser rank; default: read from the checkpoint (a mismatch is an error)")
     g.add_argument("--generate_clean", action="store_true",
@@ -553,6 +573,12 @@ def finish_args(args) -> None:
         raise UserError(f"--eraser_rank must be at least 1 (got {args.eraser_rank})")
     if not args.fps > 0 or not math.isfinite(args.fps):
         raise UserError(f"--fps must be positive (got {args.fps})")
+    if not math.isfinite(args.eraser_weight):
+        raise UserError(f"--eraser_weight must be a finite number (got {args.eraser_weight})")
+    if args.output_dir is not None:
+        if args.output_path is not None:
+            raise UserError("pass --output_path (a prefix or a folder) or --output_dir (a folder), not both")
+        args.output_path, args.output_folder = args.output_dir, True
     current_shard(getattr(args, "shard", None))  # a malformed --shard fails before the prompt file is read
     if args.num_frames is not None and args.num_frames < 1:
         raise UserError(f"--num_frames must be at least 1 (got {args.num_frames})")
@@ -579,7 +605,7 @@ def precheck_video_args(family, args) -> None:
     """Check the frame count and size given on the command line before the model loads (the model's own
     defaults are checked once it has)."""
     if args.num_frames is not None:
-        family.check_frames(args.num_frames)
+        args.num_frames = family.round_frames(args.num_frames)
     if args.height is not None or args.width is not None:
         family.check_size(args.height or 16, args.width or 16)
 
@@ -601,10 +627,9 @@ def make_safree(args, family, pipe):
 def video_size(family, pipe, args, defaults: tuple | None = None) -> tuple:
     """``(num_frames, height, width)``: the flags, else ``defaults``, else the model's own; checked."""
     frames, height, width = defaults or family.default_video_size(pipe)
-    args.num_frames = args.num_frames or frames
+    args.num_frames = family.round_frames(args.num_frames or frames)
     args.height = args.height or height
     args.width = args.width or width
-    family.check_frames(args.num_frames)
     family.check_size(args.height, args.width)
     return args.num_frames, args.height, args.width
 
@@ -671,8 +696,13 @@ def plan_run(args, family) -> tuple:
     """
     check_pipeline_folder(args.model_path, family)
     precheck_video_args(family, args)
+    if args.eraser_path is not None:
+        args.eraser_path = resolve_eraser_path(args.eraser_path)
     check_eraser_path(args.eraser_path, family)
-    jobs, folder, resumable = plan_jobs(args.prompt, args.prompt_file, args.output_path, args.seed)
+    if args.eraser_path is None and args.eraser_weight != 1.0:
+        logger.warning("--eraser_weight is ignored without --eraser_path")
+    jobs, folder, resumable = plan_jobs(args.prompt, args.prompt_file, args.output_path, args.seed,
+                                        folder=getattr(args, "output_folder", False))
     jobs = shard_jobs(args, jobs, folder)
     return jobs, folder, resumable, all_done(args, jobs, folder, resumable)
 
@@ -691,7 +721,7 @@ def cfg_negative_prompt(args, default_guidance: float) -> Callable:
     return render_kwargs
 
 
-def render_run(args, family, jobs, folder, resumable, setup, render_kwargs, call_kwargs=None, eraser_weight=1.0,
+def render_run(args, family, jobs, folder, resumable, setup, render_kwargs, call_kwargs=None, eraser_weight=None,
                pipeline_class=None) -> dict:
     """Load the pipeline and erasers once, then render every job's sides (the shared part of every inference CLI).
 
@@ -700,6 +730,7 @@ def render_run(args, family, jobs, folder, resumable, setup, render_kwargs, call
     """
     device = resolve_device(process_device(args.device))
     dtype = resolve_dtype(args.dtype, device)
+    eraser_weight = args.eraser_weight if eraser_weight is None else eraser_weight
     pipe, _ = load_pipeline_with_erasers(
         family, args.model_path, dtype, args.eraser_path, args.eraser_rank, eraser_weight=eraser_weight, device=device,
         cpu_offload=args.use_cpu_offload, pipeline_class=pipeline_class, setup=setup,
@@ -823,7 +854,7 @@ class InferencePlan:
 
     @property
     def eraser_weight(self) -> float:
-        return 1.0
+        return self.args.eraser_weight
 
     def check(self) -> None:
         """Checks of the flags, before anything is rendered or loaded."""

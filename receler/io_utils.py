@@ -5,6 +5,7 @@ folder should be) raises :class:`~receler.errors.WriteError`, one message naming
 """
 
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -100,7 +101,8 @@ def atomic_write_json(path, obj: Any) -> None:
 
 
 def read_lines(path, what: str, flag: str, item: str = "item") -> list:
-    """The non-empty lines of a UTF-8 text file, stripped, without ``#`` comments: one item per line.
+    """The non-empty lines of a UTF-8 text file, stripped, without ``#`` comments and ``...`` placeholder lines
+    (both logged): one item per line.
 
     A missing, unreadable or empty file is a :class:`~receler.errors.UserError` naming ``what`` and ``flag``.
     """
@@ -116,8 +118,15 @@ def read_lines(path, what: str, flag: str, item: str = "item") -> list:
         raise UserError(f"{flag} {path} is not valid UTF-8. Re-save the {what} as UTF-8.") from None
     except OSError as err:
         raise UserError(f"{flag} {path} cannot be read ({err.strerror}). Check its permissions.") from None
+    from .prompts import is_placeholder, skipped_note
+
     lines = [line.strip() for line in text.splitlines()]
-    lines = [line for line in lines if line and not line.startswith("#")]
+    comments = sum(line.startswith("#") for line in lines)
+    placeholders = sum(is_placeholder(line) for line in lines if line)
+    lines = [line for line in lines if line and not line.startswith("#") and not is_placeholder(line)]
+    if comments or placeholders:
+        logging.getLogger(__name__).info("Read %d %ss from %s%s.", len(lines), item, path,
+                                         skipped_note(comments, placeholders))
     if not lines:
         raise UserError(f"{flag} {path} lists no {item}s (one per line expected)")
     return lines

@@ -1,4 +1,4 @@
-"""The T2VUnlearning losses (DESIGN.md §3), as pure tensor functions.
+"""The T2VUnlearning losses (docs/method.md, "One update"), as pure tensor functions.
 
 Notation: ``o(.)`` is what the losses compare (by default the final block's feed-forward output on
 the video rows); unprimed = erasers off (frozen, no grad), primed = erasers on.

@@ -17,7 +17,8 @@ methods, all returning a :class:`PreservedConcepts`:
 * ``llm``: an OpenAI-compatible chat endpoint (``POST {base_url}/chat/completions``) is asked for
   related-but-distinct concepts as a JSON list; the reply is parsed leniently (a JSON list, an object
   holding a list, or one concept per line / a numbered list).
-* ``list``: the first concepts of a user's file that pass the same exclusion.
+* ``list``: the first concepts of a user's file that pass the same exclusion (without a file: the bundled
+  vocabulary, taken in turn across its categories; what the CLI falls back to when no model is given).
 
 :func:`generate_preserved_concepts` is the one entry point (the trainer's ``--auto_generate_preserved``
 and ``augment_prompts.py`` call it); :func:`write_preserved_concepts` writes the result as a text file
@@ -190,7 +191,7 @@ def _read_text_file(path: Path, what: str, flag: str) -> str:
 
 def read_concept_entries(path, what: str = "Concept file", flag: str = "--concepts_file") -> list[VocabularyEntry]:
     """Concepts of a ``.csv`` (a header with a ``concept`` column, optionally ``category``) or of any
-    other text file (one concept per line; blank lines and ``#`` comments skipped). Duplicates (case-
+    other text file (one concept per line; blank lines, ``#`` comments and ``...`` skipped). Duplicates (case-
     insensitive) keep their first occurrence."""
     path = Path(path)
     text = _read_text_file(path, what, flag)
@@ -211,9 +212,11 @@ def read_concept_entries(path, what: str = "Concept file", flag: str = "--concep
             if concept:
                 entries.append(VocabularyEntry(concept, category))
     else:
+        from receler.prompts import is_placeholder
+
         for line in text.splitlines():
             concept = " ".join(line.split())
-            if concept and not concept.startswith("#"):
+            if concept and not concept.startswith("#") and not is_placeholder(concept):
                 entries.append(VocabularyEntry(concept, UNCATEGORIZED))
     unique, seen = [], set()
     for entry in entries:
@@ -697,18 +700,33 @@ def _reply_content(raw: bytes, url: str) -> str:
 
 # ----------------------------------------------------------------------------------- list method
 def list_concepts(target_concept: str, num_concepts: int, concepts_file) -> tuple[list[PreservedConcept], dict]:
-    """The first ``num_concepts`` concepts of ``concepts_file`` that do not contain the target's words."""
-    if concepts_file is None:
-        raise UserError("--method list needs --concepts_file: a text file with one concept per line.")
-    entries = read_concept_entries(concepts_file)
+    """The first ``num_concepts`` concepts of ``concepts_file`` that do not contain the target's words.
+
+    Without a file, the bundled vocabulary is the list, taken in turn from each of its categories (people,
+    animals, places, clothing ...) in file order, so a choice made with no model at all still covers what
+    an eraser most often damages; nothing is ranked by its relation to the target.
+    """
+    entries = read_concept_entries(concepts_file) if concepts_file is not None else load_vocabulary()
     kept, dropped = exclude_target(entries, target_concept)
     if dropped:
         logger.info("Left out %d concepts containing the target's words: %s", len(dropped), _preview(dropped))
+    if concepts_file is None:
+        kept = across_categories(kept)
     chosen = [
         PreservedConcept(e.concept, e.category if e.category != UNCATEGORIZED else None, None, "list")
         for e in kept[:num_concepts]
     ]
-    return chosen, {"concepts_file": str(concepts_file), "listed": len(entries), "excluded_target_words": dropped}
+    source = str(concepts_file) if concepts_file is not None else f"{VOCABULARY_FILE} (in turn across its categories)"
+    return chosen, {"concepts_file": source, "listed": len(entries), "excluded_target_words": dropped}
+
+
+def across_categories(entries: Sequence[VocabularyEntry]) -> list[VocabularyEntry]:
+    """The first entry of each category (in order of first appearance), then the second of each, and so on."""
+    by_category: dict[str, list[VocabularyEntry]] = {}
+    for entry in entries:
+        by_category.setdefault(entry.category, []).append(entry)
+    columns = list(by_category.values())
+    return [column[i] for i in range(max(map(len, columns), default=0)) for column in columns if i < len(column)]
 
 
 # ----------------------------------------------------------------------------------- entry point
@@ -791,7 +809,7 @@ def generate_preserved_concepts(
         settings.update({"llm_base_url": llm_base_url, "llm_model": llm_model, "timeout": timeout})
         chosen, details = llm_concepts(target_concept, num_concepts, llm_base_url, llm_model, timeout, seed)
     else:
-        settings["concepts_file"] = str(concepts_file) if concepts_file else None
+        settings["concepts_file"] = str(concepts_file) if concepts_file else str(VOCABULARY_FILE)
         chosen, details = list_concepts(target_concept, num_concepts, concepts_file)
 
     if not chosen:

@@ -2,8 +2,8 @@
 
 Two formats are read:
 
-* ``.txt``: one prompt per line. Blank lines and lines whose first non-space character is ``#`` are
-  skipped.
+* ``.txt``: one prompt per line. Blank lines, lines whose first non-space character is ``#`` and
+  placeholder lines (``...``, as example files in READMEs end) are skipped, and the log says how many.
 * ``.csv`` (and ``.tsv``): a header row, then one prompt per row. The prompt column is found by name,
   case-insensitively, from :data:`PROMPT_COLUMNS` (first match wins), so the public benchmark files
   (Ring-A-Bell, MMA-Diffusion, UnlearnDiff, I2P, T2VSafetyBench, the T2VUnlearning release) load as
@@ -12,7 +12,7 @@ Two formats are read:
   :attr:`PromptRow.extra`.
 
 Files are read as UTF-8; a byte-order mark is dropped. Quoted fields may hold commas, quotes and line
-breaks. Rows whose prompt is empty (blank rows, trailing lines) are skipped.
+breaks. Rows whose prompt is empty (blank rows, trailing lines) or a ``...`` placeholder are skipped.
 """
 
 from __future__ import annotations
@@ -106,6 +106,11 @@ class PromptTable:
         return [row.seed for row in self.rows]
 
 
+def is_placeholder(text: str) -> bool:
+    """``...`` (or ``…``) alone on a line: the "and so on" of an example list, never a prompt or a concept."""
+    return re.fullmatch(r"\.{3,}|…+", text.strip()) is not None
+
+
 def normalize_column_name(name: str) -> str:
     """``" Normal_Prompt "`` -> ``"normal prompt"``: how column names are compared."""
     return re.sub(r"[\s_\-]+", " ", name.strip().lower()).strip()
@@ -153,7 +158,7 @@ def load_prompts(path) -> PromptTable:
             f"Prompt file '{path}' contains no prompts"
             + (f" (column '{table.prompt_column}' is empty in every row)" if suffix != ".txt" else "")
             + ". Add at least one prompt"
-            + (" (blank lines and lines starting with '#' are skipped)." if suffix == ".txt" else ".")
+            + (" (blank lines, lines starting with '#' and '...' lines are skipped)." if suffix == ".txt" else ".")
         )
     return table
 
@@ -175,14 +180,26 @@ def _read_text(path: Path) -> str:
 
 
 def _parse_txt(text: str, path: Path) -> PromptTable:
-    rows = []
+    rows, comments, placeholders = [], 0, 0
     for line in text.splitlines():
         stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
+        if not stripped:
             continue
-        rows.append(PromptRow(prompt=stripped))
-    logger.info("Read %d prompts from %s (one per line).", len(rows), path)
+        if stripped.startswith("#"):
+            comments += 1
+        elif is_placeholder(stripped):
+            placeholders += 1
+        else:
+            rows.append(PromptRow(prompt=stripped))
+    logger.info("Read %d prompts from %s (one per line)%s.", len(rows), path, skipped_note(comments, placeholders))
     return PromptTable(rows=rows, prompt_column="line", path=path)
+
+
+def skipped_note(comments: int, placeholders: int) -> str:
+    """``"; skipped 1 comment line and 1 '...' placeholder line"`` for a log message ("" when nothing was skipped)."""
+    parts = [f"{n} {what} line{'s' if n != 1 else ''}" for n, what in ((comments, "'#' comment"),
+                                                                       (placeholders, "'...' placeholder")) if n]
+    return f"; skipped {' and '.join(parts)}" if parts else ""
 
 
 def _parse_csv(text: str, path: Path, delimiter: str) -> PromptTable:
@@ -221,7 +238,7 @@ def _parse_csv(text: str, path: Path, delimiter: str) -> PromptTable:
     )
 
     rows: list[PromptRow] = []
-    skipped = 0
+    skipped = placeholders = 0
     for line_number, record in enumerate(records[1:], start=2):
         if not any(cell.strip() for cell in record):
             skipped += 1
@@ -244,12 +261,17 @@ def _parse_csv(text: str, path: Path, delimiter: str) -> PromptTable:
         if not prompt:
             skipped += 1
             continue
+        if is_placeholder(prompt):
+            placeholders += 1
+            continue
         preserve = cell(preserve_column) if preserve_column else ""
         seed = _parse_seed(cell(seed_column), path, line_number, seed_column) if seed_column else None
         extra = {name: cell(name) for name in header if name not in special}
         rows.append(PromptRow(prompt=prompt, preserve_prompt=preserve or None, seed=seed, extra=extra))
     if skipped:
         logger.info("Skipped %d rows of %s with an empty prompt.", skipped, path)
+    if placeholders:
+        logger.info("Skipped %d rows of %s whose prompt is a '...' placeholder.", placeholders, path)
     return PromptTable(
         rows=rows, prompt_column=prompt_column, preserve_column=preserve_column, seed_column=seed_column, path=path
     )

@@ -1,4 +1,4 @@
-"""Training an eraser from prompts alone (DESIGN.md §3). The update is :meth:`EraserTrainer.update`.
+"""Training an eraser from prompts alone (docs/method.md, "One update"). The update is :meth:`EraserTrainer.update`.
 
 One trajectory per prompt batch: Gaussian latents are denoised with the hand-written loop; at each
 trained timestep the frozen model (erasers off) gives the targets, the erased model (erasers on) is
@@ -6,7 +6,7 @@ pulled towards the negatively guided target on the concept prompt and towards th
 preserve prompt, its eraser outputs are kept silent outside the concept's attention mask, and AdamW
 steps on the float32 eraser weights. The latents then advance with the erased model's prediction.
 
-Memory and speed (DESIGN.md §4): one backbone copy (the frozen model is the same network with its
+Memory and speed (docs/design.md): one backbone copy (the frozen model is the same network with its
 erasers off), prompts encoded once before training, no VAE, half-precision backbone with float32
 erasers, optional gradient checkpointing of some or all blocks, fp8 weight storage and compiled blocks.
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .attack import Adversary, padding_positions
 from .checkpoint import load_erasers, read_eraser_folder, save_eraser_folder, verify_file
@@ -35,13 +36,15 @@ from .learning_checks import ZeroLossWatch, check_prompts_reach_model
 from .loss_target import LossTarget
 from .localization import ConceptAttentionProbe, EraserOutputCapture, concept_positions_mask
 from .losses import anchored_base, localization_loss, negative_guidance_target, preserve_loss, unlearn_loss
+from .lr_schedule import set_learning_rate
+from .model_card import write_model_card
 from .plots import plot_train_log, read_train_log
 from .run_folder import PARTIAL_SUFFIX
+from .run_checkpoints import STATE_NAME, checkpoint_folder, resolve_resume, rotate_checkpoints
+from .tracking import open_tracker
+from .train_report import TrainingReport
 
 logger = logging.getLogger(__name__)
-
-STATE_NAME = "training_state.pt"
-
 
 class TrainingDiverged(UserError):
     """The loss or the gradient stopped being finite; nothing from that update was applied or saved."""
@@ -84,6 +87,7 @@ class PromptSet:
     concept_positions: torch.Tensor | None = None  # [P, T]
     fallback: torch.Tensor | None = None           # [P] bool
     concepts: list | None = None                   # per prompt: its concept's name
+    cond_validation: list | None = None         # per --validation_prompts row: its conditioning, rendered, not trained
 
     @property
     def localizable(self) -> torch.Tensor:
@@ -319,11 +323,45 @@ class EraserTrainer:
     def update(self, sampler, x, index, batch) -> tuple:
         """One training update at step ``index`` of the trajectory; returns ``(metrics, prediction)``.
 
-        ``batch`` comes from :func:`make_batch`; with several processes it is this process's share and the
-        gradients are summed across processes before the step. ``prediction`` advances the latents: the
-        erased model's prediction on the concept prompt (detached), or the frozen model's
-        (``--trajectory frozen``).
+        ``batch`` comes from :func:`make_batch`, or is a list of them (``--gradient_accumulation_steps``: each
+        is one forward batch; their gradients add up, weighted by the whole update's prompts, before the one
+        optimizer step, so the update equals one batch of all of them). With several processes it is this
+        process's share and the gradients are summed across processes before the step. ``prediction``
+        advances the latents ``x`` (all the batches' rows, in order): the erased model's prediction on the
+        concept prompt (detached), or the frozen model's (``--trajectory frozen``).
         """
+        batches = batch if isinstance(batch, (list, tuple)) else [batch]
+        totals, advances = {}, []
+        for part, rows in zip(batches, torch.split(x, [len(b["weight"]) for b in batches])):
+            metrics, advance = self._accumulate(sampler, rows, index, part)
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            advances.append(advance)
+
+        # Sum gradients over processes, clip, check, step: every process takes the same step.
+        config, beta = self.config, self.resolved.beta
+        self.dist.sum_gradients(self.params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
+        self._check_finite(grad_norm, "gradient norm")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        metrics = self.dist.sum_scalars(totals)
+        metrics["loss"] = (metrics["loss_unlearn"] + config.alpha * metrics.get("loss_loc", 0.0)
+                           + beta * metrics.get("loss_preserve", 0.0)
+                           + config.adv_weight * metrics.get("loss_adversarial", 0.0))
+        metrics.update(grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"])
+        return metrics, torch.cat(advances)
+
+    def set_learning_rate(self, update: int, total: int) -> float:
+        """The rate of update ``update`` (1-based) of ``total`` under ``--lr_scheduler`` / ``--lr_warmup_steps``."""
+        config = self.config
+        return set_learning_rate(self.optimizer, config.learning_rate, config.lr_scheduler, update, total,
+                                 config.lr_warmup_steps)
+
+    def _accumulate(self, sampler, x, index, batch) -> tuple:
+        """The losses of one forward batch, backpropagated (gradients accumulate in ``.grad``); returns
+        ``(metrics, the prediction that advances these rows)``. No optimizer step."""
         config, beta = self.config, self.resolved.beta
         localize = self.probe is not None and batch["localize"]
         local_loc = localize and bool(batch["localizable"].any())
@@ -407,18 +445,6 @@ class EraserTrainer:
             self._check_finite(loss_pre, "preservation loss")
             (beta * loss_pre).backward()
 
-        # 4. Sum gradients over processes, clip, check, step: every process takes the same step.
-        self.dist.sum_gradients(self.params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
-        self._check_finite(grad_norm, "gradient norm")
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-        metrics = self.dist.sum_scalars({k: float(v) for k, v in metrics.items()})
-        metrics["loss"] = (metrics["loss_unlearn"] + config.alpha * metrics.get("loss_loc", 0.0)
-                           + beta * metrics.get("loss_preserve", 0.0)
-                           + config.adv_weight * metrics.get("loss_adversarial", 0.0))
-        metrics.update(grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"])
         if config.trajectory == "frozen":
             advance = self._guided(pred_frozen, pred_frozen_empty)
         else:
@@ -454,12 +480,18 @@ class EraserTrainer:
 
     @torch.no_grad()
     def prediction_without_update(self, sampler, x, index, batch):
-        """Advance through a step that is not trained, with the model the trajectory follows (and its guidance)."""
+        """Advance through a step that is not trained, with the model the trajectory follows (and its guidance).
+        ``batch``: one batch or the list of an update's batches (as :meth:`update`)."""
+        batches = batch if isinstance(batch, (list, tuple)) else [batch]
         model = self.frozen if self.config.trajectory == "frozen" else self.transformer
-        with erasers_disabled(self.frozen) if model is self.frozen else nullcontext():
-            cond = sampler.predict(model, x, index, batch["cond"])
-            uncond = sampler.predict(model, x, index, batch["cond_empty"]) if self.config.start_guidance != 1 else None
-        return self._guided(cond, uncond)
+        out = []
+        for part, rows in zip(batches, torch.split(x, [len(b["weight"]) for b in batches])):
+            with erasers_disabled(self.frozen) if model is self.frozen else nullcontext():
+                cond = sampler.predict(model, rows, index, part["cond"])
+                uncond = (sampler.predict(model, rows, index, part["cond_empty"])
+                          if self.config.start_guidance != 1 else None)
+            out.append(self._guided(cond, uncond))
+        return torch.cat(out)
 
     # --------------------------------------------------------------------------- saving / state
     def eraser_config(self) -> dict:
@@ -480,9 +512,11 @@ class EraserTrainer:
             "resolved": resolved.to_dict(),
         }
 
-    def save_erasers(self, folder) -> None:
+    def save_erasers(self, folder, progress: dict | None = None) -> None:
+        """The eraser folder and its model card (``progress``: ``{"updates": N, "stopped": why}``)."""
         if self.dist.is_main:
             save_eraser_folder(folder, self.transformer, self.family.layout, self.eraser_config())
+            write_model_card(folder, progress=progress)  # reads the eraser_config.json just written
 
     def save_checkpoint(self, folder, position: dict, x, sampler) -> None:
         """A resumable checkpoint: the eraser folder, the optimizer and the position (main process), and each
@@ -644,44 +678,84 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def run_training(trainer: EraserTrainer, data: PromptSet, output_dir, resume_from=None) -> dict:
+def run_training(trainer: EraserTrainer, data: PromptSet, output_dir, resume_from=None, validator_factory=None) -> dict:
     """The training loop: epochs -> prompt batches (one trajectory each) -> timesteps (one update each).
 
-    ``resume_from``: the checkpoint folder to continue from (default: ``config.resume_from``)."""
+    ``resume_from``: the checkpoint folder to continue from (default: ``config.resume_from``, ``latest`` resolved).
+    ``validator_factory(tracker)`` makes the :class:`~receler.validation.Validator` of ``--validation_prompts``
+    (main process only); ``None`` runs no validation.
+    """
     config, dist = trainer.config, trainer.dist
     output_dir = Path(output_dir)
     log_path = output_dir / "train_log.jsonl"
     resume, global_step = None, 0
-    resume_from = resume_from if resume_from is not None else config.resume_from
     if config.adversarial:
         trainer.start_adversary(data)
-    if resume_from:
-        resume = trainer.load_checkpoint(resume_from)
+    resume_dir = resume_from if resume_from is not None else resolve_resume(config.resume_from, output_dir)
+    if resume_dir is not None:
+        resume = trainer.load_checkpoint(resume_dir)
         global_step = resume["position"]["global_step"]
         if dist.is_main:
             _truncate_log(log_path, global_step)
-        logger.info("resumed from %s at update %d", resume_from, global_step)
+        logger.info("resumed from %s at update %d", resume_dir, global_step)
     elif dist.is_main and log_path.exists():
         log_path.unlink()
-    writer = _tensorboard(output_dir) if dist.is_main else None
+    total = planned_updates(trainer, data)
+    tracker = open_tracker(config.report_to, output_dir, tracked_settings(trainer), global_step) if dist.is_main else None
+    validator = validator_factory(tracker) if validator_factory is not None and dist.is_main else None
     try:
-        with _StopRequest() as stop, (_open_log(log_path) if dist.is_main else nullcontext()) as log:
-            summary = _loop(trainer, data, output_dir, log, resume, global_step, writer, stop)
+        with _StopRequest() as stop, (_open_log(log_path) if dist.is_main else nullcontext()) as log, \
+                logging_redirect_tqdm():
+            report = TrainingReport(log, tracker, total, global_step, config.log_every, enabled=dist.is_main)
+            try:
+                summary = _loop(trainer, data, output_dir, report, resume, global_step, stop, total, validator)
+            finally:
+                report.close()
+        if validator is not None and summary["stopped"] != "interrupted" and summary["updates"] > global_step \
+                and validator.last_step != summary["updates"]:
+            validator.run(summary["updates"])  # the erasers as saved
     finally:
-        if writer is not None:
-            writer.close()
-    trainer.save_erasers(output_dir)
+        if tracker is not None:
+            tracker.close()
+    trainer.save_erasers(output_dir, summary)
     if dist.is_main:
         _plot(log_path, output_dir / "loss.png")
     logger.info("erasers saved to %s (%d updates, %s)", output_dir, summary["updates"], summary["stopped"])
     return summary
 
 
-def _loop(trainer, data, output_dir, log, resume, global_step, writer, stop) -> dict:
+def updates_per_trajectory(trainer) -> int:
+    """How many steps of each denoising trajectory train (``--train_timesteps``)."""
+    resolved = trainer.resolved
+    sampler = trainer.family.make_sampler(trainer.pipe, trainer.config.num_inference_steps, resolved.num_frames,
+                                          resolved.height, resolved.width, trainer.device)
+    steps = sampler.num_steps
+    wanted = trainer.config.trained_timesteps
+    return steps if wanted == "all" else min(int(wanted), steps)
+
+
+def planned_updates(trainer, data: PromptSet) -> int:
+    """The updates this run will make when nothing stops it early: epochs x batches x trained steps, capped by
+    ``--max_steps`` (the length the learning-rate schedule and the progress bar count on)."""
+    config = trainer.config
+    per_update = config.batch_size * config.gradient_accumulation_steps * trainer.dist.world_size
+    total = config.num_epochs * math.ceil(len(data.prompts) / per_update) * updates_per_trajectory(trainer)
+    return min(total, config.max_steps) if config.max_steps else total
+
+
+def tracked_settings(trainer) -> dict:
+    """The run's settings for the tracker's hyperparameter table (config and resolved values, no prompt lists)."""
+    resolved = {k: v for k, v in trainer.resolved.to_dict().items()
+                if k not in ("prompts", "preserve_prompts", "anchor_prompts")}
+    return {**trainer.config.to_dict(), **{f"resolved_{k}": v for k, v in resolved.items()}}
+
+
+def _loop(trainer, data, output_dir, report, resume, global_step, stop, total, validator=None) -> dict:
     config, family, pipe, dist = trainer.config, trainer.family, trainer.pipe, trainer.dist
     num_frames, height, width = trainer.resolved.num_frames, trainer.resolved.height, trainer.resolved.width
     grid = family.token_grid(pipe, num_frames, height, width)
-    global_batch = config.batch_size * dist.world_size
+    per_process = config.batch_size * config.gradient_accumulation_steps  # prompts of one update, on one process
+    global_batch = per_process * dist.world_size
     batches_per_epoch = math.ceil(len(data.prompts) / global_batch)
     warned = set()
     watch = ZeroLossWatch()  # an eraser that learns nothing in the first trajectory is not saved
@@ -696,8 +770,10 @@ def _loop(trainer, data, output_dir, log, resume, global_step, writer, stop) -> 
                 # Every process needs prompts of its own: pad the epoch's last batch from its start, as
                 # PyTorch's DistributedSampler does. (One process never pads.)
                 global_idx += (order * global_batch)[: global_batch - len(global_idx)]
-            idx = dist.shard(global_idx, config.batch_size)
-            batch = make_batch(data, idx, trainer.device, grid, global_idx)
+            idx = dist.shard(global_idx, per_process)
+            # --gradient_accumulation_steps: the update's prompts in forward batches of --batch_size
+            batch = [make_batch(data, idx[k : k + config.batch_size], trainer.device, grid, global_idx)
+                     for k in range(0, len(idx), config.batch_size)]
             for i in idx:
                 if trainer.probe is not None and not data.found[i] and i not in warned:
                     warned.add(i)
@@ -706,7 +782,7 @@ def _loop(trainer, data, output_dir, log, resume, global_step, writer, stop) -> 
             # Draw the whole global batch's noise, so each prompt's trajectory is the same with any process count.
             sampler = family.make_sampler(pipe, config.num_inference_steps, num_frames, height, width, trainer.device,
                                           _generator(config.seed, epoch, b))
-            start_row = dist.rank * config.batch_size
+            start_row = dist.rank * per_process
             x = sampler.initial_latents(len(global_idx))[start_row : start_row + len(idx)]
             train_at = set(trained_step_indices(sampler.num_steps, config.train_timesteps, config.seed, epoch, b))
             first_step = 0
@@ -722,24 +798,13 @@ def _loop(trainer, data, output_dir, log, resume, global_step, writer, stop) -> 
                     x = sampler.step(trainer.prediction_without_update(sampler, x, i, batch), i, x)
                     continue
                 start = time.perf_counter()
+                trainer.set_learning_rate(global_step + 1, total)
                 metrics, advance = trainer.update(sampler, x, i, batch)
                 x = sampler.step(advance, i, x)
                 global_step += 1
                 row = {"step": global_step, **metrics, "seconds": time.perf_counter() - start,
                        "epoch": epoch, "timestep": int(sampler.timesteps[i])}
-                if log is not None:
-                    with writing(log.name):
-                        log.write(json.dumps(row) + "\n")
-                        log.flush()
-                if writer is not None:
-                    for k, v in metrics.items():
-                        writer.add_scalar(k, v, global_step)
-                if global_step % config.log_every == 0:
-                    logger.info(
-                        "update %d  epoch %d  loss %.4g  unlearn %.4g  loc %s  preserve %s  |g| %.3g  %.2fs",
-                        global_step, epoch, metrics["loss"], metrics["loss_unlearn"], _fmt(metrics.get("loss_loc")),
-                        _fmt(metrics.get("loss_preserve")), metrics["grad_norm"], row["seconds"],
-                    )
+                report.record(row, metrics)
                 done = config.max_steps is not None and global_step >= config.max_steps
                 watch.observe(metrics["loss_unlearn"], global_step)
                 if done or stop.requested:
@@ -748,6 +813,8 @@ def _loop(trainer, data, output_dir, log, resume, global_step, writer, stop) -> 
                 periodic = config.save_every and global_step % config.save_every == 0 and not watch.nothing_learned
                 if periodic or stop.requested or done:
                     _save_checkpoint(trainer, output_dir, position, x, sampler)
+                if validator is not None and global_step % config.validation_every == 0 and not stop.requested:
+                    validator.run(global_step)
                 if stop.requested or done:
                     return {"updates": global_step, "stopped": "interrupted" if stop.requested else "max_steps"}
             watch.finish(family, [data.prompts[j] for j in global_idx])
@@ -759,16 +826,14 @@ def _open_log(log_path: Path):
         return open(log_path, "a")
 
 
-def _fmt(value):
-    return "-" if value is None else f"{value:.4g}"
-
-
 def _save_checkpoint(trainer, output_dir, position, x, sampler):
-    folder = Path(output_dir) / "checkpoints" / f"step_{position['global_step']}"
+    folder = checkpoint_folder(output_dir, position["global_step"])
     trainer.save_checkpoint(folder, position, x, sampler)
     if trainer.dist.is_main:
         _plot(Path(output_dir) / "train_log.jsonl", Path(output_dir) / "loss.png")
         logger.info("saved checkpoint %s", folder)
+        if trainer.config.checkpoints_total_limit:
+            rotate_checkpoints(output_dir, trainer.config.checkpoints_total_limit)
 
 
 def _plot(log_path, png):
@@ -788,12 +853,3 @@ def _truncate_log(log_path: Path, global_step: int) -> None:
     if log_path.exists():
         keep = [r for r in read_train_log(log_path) if r["step"] <= global_step]
         atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
-def _tensorboard(output_dir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        logger.debug("tensorboard is not installed; logging to train_log.jsonl only")
-        return None
-    return SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))

@@ -30,8 +30,11 @@ from .families import family_of_pipeline, resolve_family
 from .io_utils import atomic_write_json, read_lines
 from .prompts import load_prompts
 from .resume_check import changes_record, check_resume_settings, describe_changes, model_hash, run_settings
+from .run_checkpoints import resolve_resume
 from .run_folder import CHECKPOINTS, checkpoint_step, claim_output_dir, set_aside_later_checkpoints
+from .tracking import check_tracker
 from .trainer import Concept, EraserTrainer, check_checkpoint_folder, encode_prompt_set, run_training
+from .validation import read_validation_prompts
 
 logger = logging.getLogger("receler.train")
 
@@ -60,11 +63,13 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     Ctrl-C returns normally, with ``stopped == "interrupted"`` (the CLI turns that into exit code 130).
     """
     family = family_of_pipeline(pipe) if pipe is not None else resolve_family(config.model_family, config.model_path)
-    if config.num_frames is not None:
-        family.check_frames(config.num_frames)
-    prompts, given = read_training_prompts(config)
-    anchors = read_anchor_prompts(config, len(prompts))
-    concepts = prompt_concepts(config, prompts)
+    check_tracker(config.report_to)
+    table = load_prompts(config.prompts_file) if config.prompts_file else None
+    rows = table.rows if table is not None else None
+    prompts, given = read_training_prompts(config, table)
+    anchors = read_anchor_prompts(config, len(prompts), rows)
+    concepts = prompt_concepts(config, prompts, rows)
+    validation = read_validation_prompts(config.validation_prompts, config.seed) if config.validation_prompts else None
     early = {"prompts": prompts, "anchor_prompts": anchors, "num_frames": config.num_frames,
              "height": config.height, "width": config.width, "beta": config.beta}
     if not config.auto_generate_preserved:  # check the prompt files now, before any model loads
@@ -84,11 +89,12 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     output_dir = Path(config.output_dir)
     folder = claim_output_dir(output_dir, checkpoint, config.overwrite) if dist.is_main else None
     try:
-        pipe, data, beta = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir, dist.is_main,
-                                            pipe, anchors=anchors, concepts=concepts)
+        pipe, data, beta, preserved = prepare_pipeline(family, config, device, dtype, prompts, given, output_dir,
+                                                       dist.is_main, pipe, anchors=anchors, concepts=concepts,
+                                                       validation=validation)
         resolved = resolve_training(config, family, pipe, device, beta=beta, prompts=prompts,
                                     preserve_prompts=data.preserve_prompts, world_size=dist.world_size,
-                                    anchors=anchors, concepts=concepts)
+                                    anchors=anchors, concepts=concepts, preserved_concepts=preserved)
         logger.info("resolved settings: %s", json.dumps({k: v for k, v in resolved.to_dict().items()
                                                           if k not in ("prompts", "preserve_prompts")}))
         args = {**config.to_dict(), "resolved": resolved.to_dict()}
@@ -98,8 +104,15 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
             atomic_write_json(output_dir / "args.json", args)
         dist.barrier()
 
+        def validator(tracker):
+            from .validation import Validator
+
+            return Validator(family, pipe, validation, data.cond_validation, resolved, config.num_inference_steps,
+                             output_dir, config.target_concept, tracker)
+
         with EraserTrainer(family, pipe, config, device, dist, resolved=resolved) as trainer:
-            summary = run_training(trainer, data, output_dir, resume_from=checkpoint)
+            summary = run_training(trainer, data, output_dir, resume_from=checkpoint,
+                                   validator_factory=validator if validation else None)
     finally:
         if folder is not None:
             folder.release()
@@ -107,8 +120,9 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
 
 
 def resume_checkpoint(config: TrainConfig) -> Path | None:
-    """The checkpoint folder ``--resume_from`` names, or None for a fresh run."""
-    return Path(config.resume_from) if config.resume_from else None
+    """The checkpoint folder ``--resume_from`` names (``latest``: the highest complete step of ``--output_dir``), or
+    None for a fresh run."""
+    return resolve_resume(config.resume_from, config.output_dir)
 
 
 def resume_record(config: TrainConfig, checkpoint: Path, resolved: ResolvedTraining, pipe, output_dir,
@@ -134,23 +148,24 @@ def resume_record(config: TrainConfig, checkpoint: Path, resolved: ResolvedTrain
 ANCHOR_COLUMNS = ("anchor_prompt", "anchor")
 
 
-def read_training_prompts(config: TrainConfig) -> tuple:
-    """``(prompts, preserve prompts given by the file or None per row)``."""
+def read_training_prompts(config: TrainConfig, table=None) -> tuple:
+    """``(prompts, preserve prompts given by the file or None per row)``; ``table``: the file, when already read."""
     if config.prompts_file is None:
         logger.info("no --prompts_file: training on the concept itself (%r)", config.target_concept)
         return [config.target_concept], [None]
-    table = load_prompts(config.prompts_file)
+    table = load_prompts(config.prompts_file) if table is None else table
     return [r.prompt for r in table.rows], [r.preserve_prompt for r in table.rows]
 
 
 CONCEPT_COLUMNS = ("concept",)
 
 
-def prompt_concepts(config: TrainConfig, prompts: list) -> list:
+def prompt_concepts(config: TrainConfig, prompts: list, rows=None) -> list:
     """The :class:`~receler.trainer.Concept` each prompt erases: its ``concept`` cell in the prompts file, else the
-    first ``--target_concept`` value the prompt names, else (one concept) that concept."""
+    first ``--target_concept`` value the prompt names, else (one concept) that concept. ``rows``: the prompts
+    file's rows, when already read."""
     names = config.concepts
-    cells = _column(config, CONCEPT_COLUMNS) or [None] * len(prompts)
+    cells = _column(config, CONCEPT_COLUMNS, rows) or [None] * len(prompts)
     out = []
     for i, (prompt, cell) in enumerate(zip(prompts, cells)):
         named = next((c for c in names if _names(prompt, c)), names[0] if len(names) == 1 else None)
@@ -170,21 +185,22 @@ def _names(prompt: str, concept: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(concept)}(?!\w)", prompt, re.IGNORECASE) is not None
 
 
-def _column(config: TrainConfig, names: tuple) -> list | None:
+def _column(config: TrainConfig, names: tuple, rows=None) -> list | None:
     """The cells of one of ``names`` in the prompts file (one per row), or None without such a column."""
     if config.prompts_file is None:
         return None
     from .prompts import find_column
 
-    rows = load_prompts(config.prompts_file).rows
+    rows = load_prompts(config.prompts_file).rows if rows is None else rows
     name = find_column(list(rows[0].extra), names) if rows and rows[0].extra else None
     return [r.extra.get(name) or None for r in rows] if name else None
 
 
-def read_anchor_prompts(config: TrainConfig, count: int) -> list | None:
+def read_anchor_prompts(config: TrainConfig, count: int, rows=None) -> list | None:
     """One anchor per training prompt: the prompts file's ``anchor_prompt`` column, else ``--anchor_prompt`` for
-    every row, else None (plain negative guidance). A row with an empty anchor cell falls back to the flag."""
-    column = _column(config, ANCHOR_COLUMNS)
+    every row, else None (plain negative guidance). A row with an empty anchor cell falls back to the flag.
+    ``rows``: the prompts file's rows, when already read."""
+    column = _column(config, ANCHOR_COLUMNS, rows)
     anchors = [a or config.anchor_prompt for a in column] if column else [config.anchor_prompt] * count
     if all(a is None for a in anchors):
         return None
@@ -253,13 +269,14 @@ def auto_preserved_concepts(config: TrainConfig, family, pipe, device, output_di
 
 
 def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given, output_dir, is_main, pipe=None,
-                     anchors=None, concepts=None):
+                     anchors=None, concepts=None, validation=None):
     """Load the transformer and text encoder (unless ``pipe`` is given), choose the preserve prompts, encode
-    every prompt (and its anchor) once, then release the text encoder (only from a pipeline loaded here).
-    Returns ``(pipe, prompt set, beta)``."""
+    every prompt (and its anchor, and the ``validation`` rows' prompts) once, then release the text encoder
+    (only from a pipeline loaded here). The VAE is loaded only for validation renders.
+    Returns ``(pipe, prompt set, beta, preserved concepts)``."""
     loaded_here = pipe is None
     if loaded_here:
-        pipe = family.load_pipeline(config.model_path, dtype=dtype, with_vae=False)
+        pipe = family.load_pipeline(config.model_path, dtype=dtype, with_vae=bool(validation))
     if config.scheduler:
         family.set_scheduler(pipe, config.scheduler)
     encode_device = torch.device("cpu") if config.use_cpu_offload else device
@@ -273,6 +290,10 @@ def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given,
     data = encode_prompt_set(family, pipe, prompts, preserve, concepts, encode_device,
                              soft_tokens=config.adv_num_tokens if config.adversarial else 0,
                              anchor_prompts=anchors, mask_fallback=config.mask_fallback == "concept")
+    if validation:
+        with torch.no_grad():
+            data.cond_validation = [{k: v.detach().cpu() for k, v in family.encode_prompts(pipe, [p], encode_device).items()}
+                                    for p, _ in validation]
     if loaded_here:
         for name in family.text_encoder_names():
             setattr(pipe, name, None)  # training never needs the text encoder again
@@ -280,18 +301,19 @@ def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given,
         if device.type == "cuda":
             torch.cuda.empty_cache()
     pipe.transformer.to(device)
-    return pipe, data, beta
+    if validation and getattr(pipe, "vae", None) is not None:
+        pipe.vae.to(device)
+    return pipe, data, beta, (preserved or None)
 
 
 def resolve_training(config: TrainConfig, family, pipe, device, beta=None, prompts=(), preserve_prompts=None,
-                     world_size: int = 1, anchors=None, concepts=None) -> ResolvedTraining:
+                     world_size: int = 1, anchors=None, concepts=None, preserved_concepts=None) -> ResolvedTraining:
     """What ``config`` leaves open, for this model and device: the video size (the model's own where the
     config gives none, checked), the blocks to checkpoint, ``beta``'s default, the loss target."""
     device = torch.device(device)
     default_frames, default_height, default_width = family.default_video_size(pipe)
-    frames = config.num_frames or default_frames
+    frames = family.round_frames(config.num_frames or default_frames)
     height, width = config.height or default_height, config.width or default_width
-    family.check_frames(frames)
     family.check_size(height, width)
     beta = beta if beta is not None else (config.beta if config.beta is not None else 0.0)
     resolved = ResolvedTraining(
@@ -302,6 +324,7 @@ def resolve_training(config: TrainConfig, family, pipe, device, beta=None, promp
         preserve_prompts=None if preserve_prompts is None else tuple(preserve_prompts), world_size=world_size,
         anchor_prompts=None if anchors is None else tuple(anchors),
         prompt_concepts=None if concepts is None else tuple(c.name for c in concepts),
+        preserved_concepts=tuple(preserved_concepts) if preserved_concepts and beta > 0 else None,
     )
     blocks = checkpoint_block_count(config, family, pipe, device, resolved)
     return ResolvedTraining(**{**resolved.__dict__, "checkpoint_blocks": blocks})

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Erase nudity from HunyuanVideo with the released eraser's hyperparameters (DESIGN.md §8): eta 3.0,
-# 500 updates, lr 1e-4, rank 128. The release's folder name also lists "concept weight 5.0", read here
-# as the localization weight (--alpha 5.0). Erasers sit on the single-stream blocks, in the published
-# layout, so test_hunyuan.py (and the original scripts) load the result. Put the diffusers folder of
-# HunyuanVideo at MODEL_PATH (nothing is downloaded).
+# Erase nudity from HunyuanVideo with the released eraser's hyperparameters (docs/method.md, "The original
+# release's settings"): eta 3.0, 500 updates, lr 1e-4, rank 128. The release's folder name also lists
+# "concept weight 5.0", read here as the localization weight (--alpha 5.0). Erasers sit on the single-stream
+# blocks, in the published layout, so test_hunyuan.py (and the original scripts) load the result. Put the
+# diffusers folder of HunyuanVideo at MODEL_PATH (nothing is downloaded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -46,7 +46,7 @@ def test_fp8_storage_keeps_erasers_float32_and_trains(tiny_runs):
     assert before, "sanity"
 
 
-# Peak GiB measured on an H100 80GB, full-size configs, random weights, unlearn-only update (DESIGN.md §4;
+# Peak GiB measured on an H100 80GB, full-size configs, random weights, unlearn-only update (docs/design.md, "Memory and speed";
 # issue 11 for Wan 1.3B). The estimator must stay within 15% of each.
 H100_MEASURED = [
     ("cogvideox-2b", 17, dict(dtype="float32", frozen_copy=True), 33.1),

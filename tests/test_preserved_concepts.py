@@ -242,9 +242,27 @@ def test_library_accepts_an_already_loaded_pipeline(tiny_cogvideox_dir):
 
 def test_embedding_without_model_path_is_a_user_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        run_cli(["--target_concept", "nudity", "--output_file", str(tmp_path / "x.txt")])
+        run_cli(["--target_concept", "nudity", "--method", "embedding", "--output_file", str(tmp_path / "x.txt")])
     assert exc.value.code == 2
     assert "--model_path" in capsys.readouterr().err
+
+
+def test_no_model_falls_back_to_the_bundled_list_across_categories(tmp_path, capsys):
+    """The seed toolkit's command names no model: it runs on the bundled vocabulary, one concept of each
+    category in turn, and the warning says what --model_path would add."""
+    import csv
+
+    from receler.preserved_concepts import VOCABULARY_FILE
+
+    run_cli(["--target_concept", "nudity", "--num_concepts", "15", "--output_file", str(tmp_path / "x.txt")])
+    assert "add --model_path" in capsys.readouterr().err
+    rows = list(csv.DictReader(VOCABULARY_FILE.open()))
+    firsts = {}
+    for row in rows:  # the first entry of each category, in the order categories first appear
+        firsts.setdefault(row["category"], row["concept"])
+    chosen = (tmp_path / "x.txt").read_text().splitlines()
+    assert chosen == list(firsts.values())[:15] and len(chosen) == 15
+    assert json.loads((tmp_path / "x.txt.json").read_text())["method"] == "list"
 
 
 # ------------------------------------------------------------------------------- list method

@@ -1,5 +1,5 @@
 """The hand-written no-CFG loop reproduces each family's diffusers pipeline (guidance off) for the same seed:
-max abs difference <= 1e-5 in float32 on the tiny models."""
+max abs difference <= 1e-5 in float32 on the tiny models (docs/design.md, Conventions)."""
 
 import pytest
 import torch

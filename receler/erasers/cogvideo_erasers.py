@@ -26,13 +26,14 @@ def setup_cogvideo_adapter_eraser(model, eraser_rank, device=None, dtype=None):
     return attach_erasers(model, LAYOUT, eraser_rank, device=device)
 
 
-def inject_eraser(transformer, eraser_ckpt, eraser_rank=None, eraser_type="adapter"):
+def inject_eraser(transformer, eraser_ckpt, eraser_rank=None, eraser_type="adapter", eraser_weight=1.0):
     """Load erasers onto ``transformer``: ``eraser_ckpt`` is the published dict (``torch.load`` of
     ``eraser_weights.pt``), an eraser folder, or a weights file. The whole checkpoint is validated
-    first; a mismatch of family, block count, width or rank raises and loads nothing."""
+    first; a mismatch of family, block count, width or rank raises and loads nothing. ``eraser_weight`` scales
+    the erasers' output at inference (0: the clean model, 1: as trained)."""
     if eraser_type != "adapter":
         raise ValueError(f"eraser_type {eraser_type!r} is not supported (only 'adapter')")
-    return load_erasers(transformer, LAYOUT, eraser_ckpt, eraser_rank=eraser_rank)
+    return load_erasers(transformer, LAYOUT, eraser_ckpt, eraser_rank=eraser_rank, eraser_weight=eraser_weight)
 
 
 def save_cogvideo_eraser_from_transformer(folder_path, transformer, extra_config=None):

@@ -57,7 +57,7 @@ class ModelFamily:
     frame_step: int = 4                  # the VAE's temporal compression: frame counts are frame_step * k + 1
     size_multiple: int = 16              # heights and widths are multiples of this (VAE x patch size)
     # Memory model (receler/estimate_memory.py): activations a block keeps for backward and the working memory
-    # of one recomputed block, in units of tokens x width elements; fitted to H100 measurements.
+    # of one recomputed block, in units of tokens x width elements; fitted to H100 measurements (docs/design.md).
     memory_saved_per_block: float = 14.5
     memory_backward_transient: float = 12.5
     presets: tuple = ()                  # Preset, full-size configurations (benchmarks, estimator)
@@ -199,6 +199,22 @@ class ModelFamily:
         return unique
 
     # ---------------------------------------------------------------------------------- sampling
+    def round_frames(self, num_frames: int, flag: str = "--num_frames") -> int:
+        """A frame count the VAE can decode: ``num_frames`` when it is ``frame_step * k + 1``, else the nearest valid
+        count below it, with a warning naming both (the diffusers pipelines render 21 frames for 24 too, silently).
+
+        The seed toolkit's own commands pass ``--num_frames 24``; refusing them helped nobody.
+        """
+        if num_frames < 1:
+            raise UserError(f"{flag} must be at least 1 (got {num_frames})")
+        step = self.frame_step
+        valid = (num_frames - 1) // step * step + 1
+        if valid != num_frames:
+            logger.warning("%s %d is not %dk+1, which %s needs (its VAE compresses %d frames into one latent frame): "
+                           "using %d frames, the nearest valid count below", flag, num_frames, step,
+                           self.display_name, step, valid)
+        return valid
+
     def check_frames(self, num_frames: int) -> None:
         """Frame counts must be ``frame_step * k + 1`` (the VAE's temporal compression); name the nearest valid ones."""
         step = self.frame_step

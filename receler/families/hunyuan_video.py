@@ -140,24 +140,14 @@ class HunyuanVideoSampler(Sampler):
 
 
 class HunyuanVideoInference(InferencePlan):
-    """``test_hunyuan.py``: embedded guidance (one pass per step), true CFG for negative prompts, an eraser weight."""
+    """``test_hunyuan.py``: embedded guidance (one pass per step), true CFG for negative prompts."""
 
     @classmethod
     def add_arguments(cls, parser):
         g = parser.add_argument_group("HunyuanVideo")
-        g.add_argument("--eraser_weight", type=float, default=1.0,
-                       help="inference-time eraser strength: h + w * eraser(h) (0 renders the clean model) (default: 1.0)")
         g.add_argument("--true_cfg_scale", type=float, default=6.0,
                        help="true classifier-free guidance scale, used for videos rendered with a negative prompt "
                        "(a second transformer pass per step) (default: 6.0)")
-
-    @property
-    def eraser_weight(self):
-        return self.args.eraser_weight
-
-    def check(self):
-        if self.args.eraser_path is None and self.args.eraser_weight != 1.0:
-            logger.warning("--eraser_weight is ignored without --eraser_path")
 
     def setup(self, pipe):
         args = self.args
