@@ -540,6 +540,7 @@ class EraserTrainer:
                 state["adversary"] = self.adversary.state_dict()
             save_eraser_folder(partial, self.transformer, self.family.layout, self.eraser_config(),
                                extra_files={STATE_NAME: torch_save_bytes(state)})
+            write_model_card(partial, progress={"updates": position["global_step"]})
         self.dist.barrier()
         if not self.dist.is_main:
             atomic_write_bytes(partial / f"trajectory_rank{self.dist.rank}.pt", torch_save_bytes(trajectory))
