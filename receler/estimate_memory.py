@@ -2,6 +2,7 @@
 
     python receler/estimate_memory.py --preset cogvideox-5b --num_frames 49 --gradient_checkpointing
     python receler/estimate_memory.py --model_path models/CogVideoX-5b --recommend --gpu_memory 12
+    python receler/estimate_memory.py --preset wan-14b --fp8_weights --offload_activations --use_cpu_offload --gpu_memory 16
 
 The model of the peak (bytes; N = tokens through a block (video + text), D = width, b = backbone bytes):
 
