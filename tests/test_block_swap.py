@@ -359,3 +359,16 @@ def test_cuda_copies_wait_for_each_copy_and_for_the_gpu_before_the_next(monkeypa
     swap.close()
     assert log[-3:] == ["unlock"] * 3
 
+
+
+def test_training_cli_with_swap_writes_the_same_erasers(tiny_cogvideox_dir, tiny_runs):
+    """The whole run (``train()``: the transformer is placed by the trainer, not before): the same eraser files."""
+    import json
+
+    _, plain = tiny_runs.train(tiny_cogvideox_dir, "--gradient_checkpointing", "--max_steps", "2", name="plain")
+    _, swapped = tiny_runs.train(tiny_cogvideox_dir, "--use_cpu_offload", "--blocks_to_swap", "1", "--max_steps", "2",
+                                 name="swapped")
+    a, b = tiny_runs.tensors(plain), tiny_runs.tensors(swapped)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    resolved = json.loads((swapped / "args.json").read_text())["resolved"]
+    assert (resolved["blocks_to_swap"], resolved["checkpoint_blocks"]) == (1, 2)
