@@ -13,6 +13,11 @@ CPU. Setups:
 - ``optimized``: ``bf16`` + gradient checkpointing of every block (+ ``--fp8_weights`` / ``--compile`` if given)
 - ``fp8``: ``optimized`` + fp8 weight storage;  ``compiled``: ``optimized`` + compiled blocks
 - ``loc``, ``pre``, ``full_loss``: ``optimized`` with the localization loss, the preservation loss, or both
+- ``lean``: ``fp8`` + the checkpointed blocks' inputs in CPU memory (``--offload_activations``)
+- ``swap``, ``fp8_swap``, ``lean_swap``: ``optimized``, ``fp8``, ``lean`` + block swap (``--blocks_to_swap``): the
+  model is built in CPU memory and the trainer moves all but the swapped blocks' weights to the GPU. Each runs
+  after the same setup without swap (added when not asked for), and the table's "swap overlap" column is the time
+  with swap / the time without: 1.00x means the copies hide entirely behind the compute
 
 Updates are unlearn-only (two frozen passes, one eraser pass with backward) unless the setup says otherwise.
 FLOPs are counted from the executed operators' shapes (``torch.utils.flop_counter``) over one update.
@@ -39,6 +44,10 @@ SETUPS = {
     "loc": dict(dtype="bfloat16", checkpoint=True, alpha=1.0),
     "pre": dict(dtype="bfloat16", checkpoint=True, beta=1.0),
     "full_loss": dict(dtype="bfloat16", checkpoint=True, alpha=1.0, beta=1.0),
+    "lean": dict(dtype="bfloat16", checkpoint=True, fp8=True, offload=True),
+    "swap": dict(dtype="bfloat16", checkpoint=True, swap=True, base="optimized"),
+    "fp8_swap": dict(dtype="bfloat16", checkpoint=True, fp8=True, swap=True, base="fp8"),
+    "lean_swap": dict(dtype="bfloat16", checkpoint=True, fp8=True, offload=True, swap=True, base="lean"),
 }
 # Dense bf16 peak of the cards this project measures on (spec sheet), for the "% of peak" column.
 DEVICE_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
@@ -60,6 +69,10 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="add compiled blocks to the 'optimized' setup")
     p.add_argument("--checkpoint_blocks", type=int, default=None,
                    help="checkpoint only this many blocks in the checkpointed setups (default: all)")
+    p.add_argument("--blocks_to_swap", default="auto",
+                   help="blocks the swap setups swap: a number, or 'auto' = the fewest that fit --gpu_memory by the "
+                   "memory estimator (at least 1)")
+    p.add_argument("--gpu_memory", type=float, default=16.0, help="GiB the swap setups' 'auto' block count aims at")
     p.add_argument("--warmup", type=int, default=2, help="untimed updates first (compilation, allocator warm-up)")
     p.add_argument("--updates", type=int, default=3, help="timed updates")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -90,7 +103,8 @@ def run_setup(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    pipe = build_preset_pipeline(preset, dtype, device)
+    # With swap the model starts in CPU memory, as in training: the trainer moves what stays on the GPU.
+    pipe = build_preset_pipeline(preset, dtype, "cpu" if spec.get("blocks_to_swap") else device)
     frozen = None
     if spec.get("two_copies"):
         frozen = build_preset_pipeline(preset, dtype, device).transformer
@@ -102,6 +116,7 @@ def run_setup(spec: dict) -> dict:
         gradient_checkpointing=checkpoint and spec.get("checkpoint_blocks") is None,
         checkpoint_blocks=(spec.get("checkpoint_blocks") or 0) if checkpoint else 0,
         fp8_weights=bool(spec.get("fp8")), compile=bool(spec.get("compile")),
+        offload_activations=bool(spec.get("offload")), blocks_to_swap=spec.get("blocks_to_swap") or 0,
     )
     resolved = resolve_training(config, family, pipe, device, prompts=["benchmark"] * batch_size)
     trainer = EraserTrainer(family, pipe, config, device, frozen_transformer=frozen, resolved=resolved)
@@ -151,10 +166,33 @@ def run_setup(spec: dict) -> dict:
         "device": name,
         "video_tokens": int(grid[0] * grid[1] * grid[2]),
         "checkpointed_blocks": trainer.checkpointed_blocks,
+        "blocks_to_swap": trainer.resolved.blocks_to_swap,
         "blocks": len(family.block_modules(pipe.transformer)),
         **{k: spec[k] for k in ("preset", "num_frames", "height", "width", "batch_size", "eraser_rank")},
         "setup": spec["name"],
     }
+
+
+def swap_count(spec: dict, requested, gpu_memory: float) -> int:
+    """A swap setup's block count: ``requested``, or for 'auto' the fewest blocks that fit ``gpu_memory`` GiB by
+    the memory estimator with the setup's other settings (at least one: a swap setup swaps)."""
+    if requested != "auto":
+        return int(requested)
+    import torch
+
+    from receler.estimate_memory import _pipe_of, fewest_blocks_to_swap, model_shape
+    from receler.families import get_family
+    from receler.presets import PRESETS, build_transformer
+
+    preset = PRESETS[spec["preset"]]
+    family = get_family(preset.family)
+    transformer = family.build_tiny().transformer if preset.tiny else build_transformer(preset, torch.bfloat16, "meta")
+    shape = model_shape(family, transformer, _pipe_of(family, transformer), spec["num_frames"], spec["height"],
+                        spec["width"])
+    count = fewest_blocks_to_swap(shape, gpu_memory * 2**30, batch_size=spec["batch_size"], dtype=spec["dtype"],
+                                  fp8=bool(spec.get("fp8")), eraser_rank=spec["eraser_rank"],
+                                  localization=spec.get("alpha", 0.0) > 0, offload_activations=bool(spec.get("offload")))
+    return max(1, shape.blocks if count is None else count)
 
 
 def _run_in_subprocess(spec: dict) -> dict:
@@ -171,17 +209,21 @@ def _run_in_subprocess(spec: dict) -> dict:
 # ------------------------------------------------------------------------------------- the table
 
 
-def _fmt_row(name, r, base):
+def _fmt_row(name, r, base, without_swap=None):
     if "error" in r:
-        return f"| {name} | {r['error'][:60]} | | | | | |"
+        return f"| {name} | {r['error'][:60]} | | | | | | | | |"
     peak = DEVICE_PEAK_FLOPS.get(next((k for k in DEVICE_PEAK_FLOPS if k in r["device"]), ""), None)
     speed = mem = ""
     if base and "error" not in base:
         speed = f"{base['ms_per_update'] / r['ms_per_update']:.2f}x"
         mem = f"{base['peak_bytes'] / r['peak_bytes']:.2f}x"
     frac = f"{100 * r['tflops_per_s'] * 1e12 / peak:.0f}%" if peak else "n/a"
+    swapped = r.get("blocks_to_swap") or ""
+    overlap = ""
+    if swapped and without_swap and "error" not in without_swap:
+        overlap = f"{r['ms_per_update'] / without_swap['ms_per_update']:.2f}x"
     return (f"| {name} | {r['ms_per_update']:.1f} | {r['peak_bytes'] / 2**30:.2f} | {speed} | {mem} | "
-            f"{r['flops_per_update'] / 1e9:,.1f} | {r['tflops_per_s']:.1f} | {frac} |")
+            f"{r['flops_per_update'] / 1e9:,.1f} | {r['tflops_per_s']:.1f} | {frac} | {swapped} | {overlap} |")
 
 
 def print_table(results: dict, args) -> None:
@@ -189,11 +231,17 @@ def print_table(results: dict, args) -> None:
     device = first.get("device", "?")
     print(f"\n{args.preset}, {args.num_frames} frames x {args.height}x{args.width}, batch {args.batch_size}, "
           f"rank {args.eraser_rank}, device: {device}")
-    print("| setup | ms/update | peak GiB | speed vs naive | memory vs naive | GFLOP/update | TFLOP/s | % of peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| setup | ms/update | peak GiB | speed vs naive | memory vs naive | GFLOP/update | TFLOP/s | % of peak "
+          "| blocks swapped | swap overlap (time / without swap) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     base = results.get("naive")
     for name, r in results.items():
-        print(_fmt_row(name, r, base if name != "naive" else None))
+        without_swap = results.get(SETUPS[name].get("base")) if name in SETUPS else None
+        print(_fmt_row(name, r, base if name != "naive" else None, without_swap))
+
+
+def spec_swaps(name: str) -> bool:
+    return bool(SETUPS[name].get("swap"))
 
 
 def main(argv=None):
@@ -211,15 +259,24 @@ def main(argv=None):
     args.width = args.width or preset.width
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = {}
+    names = []
     for name in [s.strip() for s in args.setups.split(",") if s.strip()]:
         if name not in SETUPS:
             raise SystemExit(f"error: unknown setup {name!r}; choose from {', '.join(SETUPS)}")
+        base = SETUPS[name].get("base")
+        if base and base not in names:  # the overlap needs the time without swap
+            names.append(base)
+        if name not in names:
+            names.append(name)
+    for name in names:
         spec = {**SETUPS[name], "name": name, "preset": args.preset, "num_frames": args.num_frames,
                 "height": args.height, "width": args.width, "batch_size": args.batch_size,
                 "eraser_rank": args.eraser_rank, "warmup": args.warmup, "updates": args.updates, "device": device,
-                "checkpoint_blocks": args.checkpoint_blocks}
+                "checkpoint_blocks": None if spec_swaps(name) else args.checkpoint_blocks}
         if name == "optimized":
             spec.update(fp8=args.fp8_weights, compile=args.compile)
+        if spec_swaps(name):
+            spec["blocks_to_swap"] = swap_count(spec, args.blocks_to_swap, args.gpu_memory)
         results[name] = _run_in_subprocess(spec)
         print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
     print_table(results, args)

@@ -69,8 +69,9 @@ class TrainConfig:
                         shortcuts={"--use_fp16": ("float16", "alias for --dtype float16")})
     device: str | None = option(None, group=MODEL, help="torch device (default: cuda if available, else cpu)")
     use_cpu_offload: bool = option(False, group=MODEL, flags=("--cpu_offload",),
-                                   help="last resort for small GPUs: encode prompts on the CPU and keep the text "
-                                   "encoder off the GPU")
+                                   help="for small GPUs: encode prompts on the CPU, keep the text encoder off the GPU, "
+                                   "and swap as many blocks' weights to CPU memory as the GPU needs (--blocks_to_swap "
+                                   "auto, unless --blocks_to_swap is given)")
     gradient_checkpointing: bool = option(False, group=MODEL,
                                           help="recompute every block's activations in backward: much less memory, "
                                           "~25% slower updates")
@@ -78,6 +79,15 @@ class TrainConfig:
                                           help="checkpoint only the first N blocks (fewer = faster, more memory); "
                                           "'auto' picks the fewest that fit the GPU's free memory by the memory "
                                           "estimator (none on a CPU)")
+    blocks_to_swap: int | str | None = option(None, group=MODEL, parse=_block_count,
+                                              help="keep the frozen weights of the last N transformer blocks in pinned "
+                                              "CPU memory and copy each to the GPU just before it runs (one block "
+                                              "ahead, on a side stream, overlapping the compute). Needs every block "
+                                              "checkpointed, so it implies --gradient_checkpointing (a smaller "
+                                              "--checkpoint_blocks is refused); erasers and their optimizer state stay "
+                                              "on the GPU. 'auto': the fewest that fit the GPU's free memory by the "
+                                              "memory estimator (none on a CPU). Default: none, or auto with "
+                                              "--use_cpu_offload")
     fp8_weights: bool = option(False, group=MODEL,
                                help="store the frozen backbone's weights in float8 and compute in the --dtype "
                                "(layerwise casting): ~half the weight memory of bfloat16, erasers stay float32")
@@ -257,6 +267,9 @@ class TrainConfig:
                 raise UserError(f"--{name} must be a finite number {'> 0' if positive else '>= 0'} (got {value})")
         if math.isnan(self.max_grad_norm) or self.max_grad_norm <= 0:
             raise UserError(f"--max_grad_norm must be > 0 (got {self.max_grad_norm}); pass inf to turn clipping off")
+        swap = self.blocks_to_swap
+        if not (swap in (None, "auto") or (isinstance(swap, int) and swap >= 0)):
+            raise UserError(f"--blocks_to_swap must be 'auto' or a number of blocks >= 0 (got {self.blocks_to_swap!r})")
         if self.mask_threshold > 1:
             raise UserError(f"--mask_threshold must be in [0, 1]: it thresholds the min-max normalised attention "
                             f"(got {self.mask_threshold})")
@@ -336,6 +349,7 @@ class ResolvedTraining:
     anchor_prompts: tuple | None = None  # per prompt (--anchor_prompt or the file's anchor_prompt column)
     prompt_concepts: tuple | None = None  # per prompt, the concept it erases (several --target_concept values)
     preserved_concepts: tuple | None = None  # the concepts the preserve prompts were made from (file or auto)
+    blocks_to_swap: int = 0               # last blocks whose weights live in CPU memory (--blocks_to_swap)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

@@ -26,6 +26,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .attack import Adversary, padding_positions
+from .block_swap import enable_block_swap
 from .checkpoint import load_erasers, read_eraser_folder, save_eraser_folder, verify_file
 from .distributed import Distributed
 from .erasers.utils import erasers_disabled
@@ -289,6 +290,9 @@ class EraserTrainer:
         self.checkpointed_blocks = enable_block_checkpointing(
             self.transformer, blocks, resolved.checkpoint_blocks, config.offload_activations
         ) if resolved.checkpoint_blocks else 0
+        # --blocks_to_swap: the last blocks' frozen weights stay in CPU memory (the rest goes to the device here)
+        self.block_swap = enable_block_swap(self.transformer, blocks, resolved.blocks_to_swap, self.device,
+                                            compiled=config.compile)
         if config.compile:
             for block in blocks:
                 block.compile()
@@ -303,6 +307,9 @@ class EraserTrainer:
     def close(self) -> None:
         """Remove the loss hooks and switch gradient checkpointing off again (the erasers stay)."""
         self.outputs.close()
+        if self.block_swap is not None:
+            self.block_swap.close()
+            self.block_swap = None
         if self.checkpointed_blocks:
             self.transformer.disable_gradient_checkpointing()
             self.checkpointed_blocks = 0

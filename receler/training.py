@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .block_swap import device_budget, requested_swap, resolve_block_swap
 from .config import ResolvedTraining, TrainConfig
 from .devices import dtype_name, resolve_dtype
 from .distributed import Distributed
@@ -300,7 +301,8 @@ def prepare_pipeline(family, config: TrainConfig, device, dtype, prompts, given,
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    pipe.transformer.to(device)
+    if requested_swap(config) == 0:  # with block swap the trainer places it, keeping swapped weights in CPU memory
+        pipe.transformer.to(device)
     if validation and getattr(pipe, "vae", None) is not None:
         pipe.vae.to(device)
     return pipe, data, beta, (preserved or None)
@@ -327,7 +329,8 @@ def resolve_training(config: TrainConfig, family, pipe, device, beta=None, promp
         preserved_concepts=tuple(preserved_concepts) if preserved_concepts and beta > 0 else None,
     )
     blocks = checkpoint_block_count(config, family, pipe, device, resolved)
-    return ResolvedTraining(**{**resolved.__dict__, "checkpoint_blocks": blocks})
+    swap, blocks = resolve_block_swap(config, family, pipe, device, resolved, blocks)
+    return ResolvedTraining(**{**resolved.__dict__, "checkpoint_blocks": blocks, "blocks_to_swap": swap})
 
 
 def checkpoint_block_count(config: TrainConfig, family, pipe, device, resolved) -> int:
@@ -342,8 +345,8 @@ def checkpoint_block_count(config: TrainConfig, family, pipe, device, resolved) 
         return 0
     from .estimate_memory import fewest_checkpointed_blocks
 
-    free, _ = torch.cuda.mem_get_info(device)
-    count = fewest_checkpointed_blocks(family, pipe.transformer, resolved, config, budget_bytes=0.9 * free)
-    logger.info("--checkpoint_blocks auto: checkpointing %d of %d blocks to fit %.1f GiB free", count, total,
-                free / 2**30)
+    budget = device_budget(device, pipe.transformer)
+    count = fewest_checkpointed_blocks(family, pipe.transformer, resolved, config, budget_bytes=budget)
+    logger.info("--checkpoint_blocks auto: checkpointing %d of %d blocks to fit %.1f GiB", count, total,
+                budget / 2**30)
     return count

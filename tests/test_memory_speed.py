@@ -135,12 +135,18 @@ def test_fewest_checkpointed_blocks_is_the_smallest_count_that_fits():
 def test_benchmark_prints_the_table_and_writes_both_setups(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--preset", "tiny",
-                           "--setups", "naive,optimized", "--warmup", "1", "--updates", "2", "--json", str(out)],
+                           "--setups", "naive,fp8_swap", "--warmup", "1", "--updates", "2", "--json", str(out)],
                           check=True, capture_output=True, text=True, timeout=300)
     data = json.loads(out.read_text())
-    for setup in ("naive", "optimized"):
+    assert list(data) == ["naive", "fp8", "fp8_swap"], "a swap setup runs after the same setup without swap"
+    for setup in data:
         assert data[setup]["ms_per_update"] > 0 and data[setup]["peak_bytes"] > 0
         assert data[setup]["flops_per_update"] > 0
-    assert data["optimized"]["checkpointed_blocks"] == data["optimized"]["blocks"] == 2
+    assert data["fp8"]["checkpointed_blocks"] == data["fp8"]["blocks"] == 2
     assert data["naive"]["checkpointed_blocks"] == 0
-    assert "| naive |" in proc.stdout and "| optimized |" in proc.stdout and "speed vs naive" in proc.stdout
+    # the tiny model fits 16 GiB unswapped: 'auto' swaps one block, and the flop count is unchanged by it
+    assert (data["fp8_swap"]["blocks_to_swap"], data["fp8"]["blocks_to_swap"]) == (1, 0)
+    assert data["fp8_swap"]["flops_per_update"] == data["fp8"]["flops_per_update"]
+    assert "| naive |" in proc.stdout and "| fp8 |" in proc.stdout and "speed vs naive" in proc.stdout
+    overlap = data["fp8_swap"]["ms_per_update"] / data["fp8"]["ms_per_update"]
+    assert f"| 1 | {overlap:.2f}x |" in proc.stdout
