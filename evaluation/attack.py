@@ -105,8 +105,11 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model_path", required=True, help="local diffusers pipeline folder (nothing is downloaded)")
     p.add_argument("--model_family", default="auto", choices=("auto",) + FAMILY_NAMES, help="model family")
-    p.add_argument("--eraser_path", required=True, help="the eraser folder to attack (the trainer's --output_dir)")
-    p.add_argument("--eraser_weight", type=float, default=1.0, help="inference-time eraser strength: w * eraser(h) is added (any family; 1 = as trained)")
+    p.add_argument("--eraser_path", required=True, nargs="+",
+                   help="the eraser folder to attack (the trainer's --output_dir); several: attack their stack (summed)")
+    p.add_argument("--eraser_weight", type=float, default=[1.0], nargs="+",
+                   help="inference-time eraser strength: w * eraser(h) is added (any family; 1 = as trained); one for "
+                   "all erasers or one per --eraser_path")
     p.add_argument("--prompts_file", default=None, help="concept prompts (.txt or .csv with a 'prompt' column; per-row seeds)")
     p.add_argument("--prompt", default=None, help="one concept prompt instead of --prompts_file")
     p.add_argument("--target_concept", required=True, help="the erased concept (chooses the detector)")
@@ -149,7 +152,9 @@ def check_args(args) -> None:
     check_floats(args, ("lr",), low=0.0, above=True)
     check_floats(args, ("fps",), low=0.0, above=True)
     check_floats(args, ("attack_eta", "guidance_scale"), low=0.0)
-    check_floats(args, ("eraser_weight",))
+    from receler.inference import eraser_weights
+
+    args.eraser_weight = eraser_weights(args.eraser_path, args.eraser_weight)  # finite, one per eraser
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise UserError(f"--output_dir {args.output_dir} is a file, not a folder: pass the folder the attack should "
                         f"write to.")
@@ -186,17 +191,24 @@ def rates(flags: list) -> dict:
 
 
 def eraser_digest(eraser_path) -> str:
-    """A hash of the eraser's weights file: a soft prompt learned against other weights is never reused."""
+    """A hash of the eraser's weights file (of each, for a stack): a soft prompt learned against other weights is
+    never reused."""
     from receler.checkpoint import WEIGHTS_PT, WEIGHTS_SAFETENSORS
 
-    path = Path(eraser_path)
-    if path.is_dir():
-        path = next(p for p in (path / WEIGHTS_SAFETENSORS, path / WEIGHTS_PT) if p.exists())
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for path in (eraser_path if isinstance(eraser_path, (list, tuple)) else [eraser_path]):
+        path = Path(path)
+        if path.is_dir():
+            path = next(p for p in (path / WEIGHTS_SAFETENSORS, path / WEIGHTS_PT) if p.exists())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def _paths(paths) -> str:
+    """The eraser path as reports show it (one path, or the list of a stack)."""
+    return str(paths[0]) if len(paths) == 1 else ", ".join(map(str, paths))
 
 
 def learn_settings(args, prompts: list, size: tuple) -> dict:
@@ -210,7 +222,7 @@ def learn_settings(args, prompts: list, size: tuple) -> dict:
 def save_soft_prompt(path, vectors, losses, settings, args) -> None:
     from safetensors.torch import save_file
 
-    metadata = {"model_path": str(args.model_path), "eraser_path": str(args.eraser_path), "num_tokens": str(args.num_tokens),
+    metadata = {"model_path": str(args.model_path), "eraser_path": _paths(args.eraser_path), "num_tokens": str(args.num_tokens),
                 "placement": "first padding positions", "settings": json.dumps(settings, sort_keys=True),
                 "loss_curve": json.dumps(losses)}
     atomic_write(path, lambda tmp: save_file({"vectors": vectors}, tmp, metadata=metadata))
@@ -345,7 +357,8 @@ def main(argv=None):
     from receler.prompts import load_prompts
 
     family = resolve_family(args.model_family, args.model_path)
-    inference.check_eraser_path(args.eraser_path, family)
+    for path in args.eraser_path:
+        inference.check_eraser_path(path, family)
     shard = current_shard(args.shard)
     if args.prompts_file:
         rows = [(r.prompt, r.seed if r.seed is not None else args.seed) for r in load_prompts(args.prompts_file).rows]
@@ -383,7 +396,7 @@ def main(argv=None):
                        "detector": detector.name if detector is not None else None})
     previous = previous_records(out)
     meta = {
-        "model_path": str(args.model_path), "eraser_path": str(args.eraser_path), "target_concept": args.target_concept,
+        "model_path": str(args.model_path), "eraser_path": _paths(args.eraser_path), "target_concept": args.target_concept,
         "settings": {k: v for k, v in vars(args).items() if k not in ("verbose", "shard")},
         "video_size": {"num_frames": size[0], "height": size[1], "width": size[2]},
         "soft_prompt": {"file": SOFT_PROMPT_FILE, "num_tokens": args.num_tokens,

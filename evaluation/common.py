@@ -74,18 +74,23 @@ def resolve_prompts(stems: Sequence[str], video_dir=None, prompt_file=None) -> d
 
 
 def add_eraser_path_argument(parser) -> None:
-    """``--eraser_path``: the eraser the videos were rendered with, whose model card gets the numbers."""
-    parser.add_argument("--eraser_path", default=None,
-                        help="the eraser folder the videos were rendered with: its model card (README.md) gets this "
-                        "evaluation's numbers in their own section (optional)")
+    """``--eraser_path``: the eraser(s) the videos were rendered with, whose model cards get the numbers."""
+    parser.add_argument("--eraser_path", default=None, nargs="+",
+                        help="the eraser folder the videos were rendered with (several for a stack): its model card "
+                        "(README.md) gets this evaluation's numbers in their own section (optional)")
 
 
 def record_on_model_card(eraser_path, section: str, result: dict, json_path) -> None:
-    """Put ``result`` (a metrics JSON) in the ``section`` of the model card of ``eraser_path`` (when given)."""
+    """Put ``result`` (a metrics JSON) in the ``section`` of the model card of ``eraser_path`` (when given; a list
+    for a stack of erasers, whose cards each get the section, named for the stack)."""
     if eraser_path is None:
         return
     from receler.model_card import update_model_card
 
-    card = update_model_card(eraser_path, section, result, source=str(json_path))
-    if card is not None:
-        print(f"updated the model card {card}")
+    paths = list(eraser_path) if isinstance(eraser_path, (list, tuple)) else [eraser_path]
+    if len(paths) > 1:
+        section = f"{section} (stacked with {len(paths) - 1} other eraser{'s' if len(paths) > 2 else ''})"
+    for path in paths:
+        card = update_model_card(path, section, result, source=str(json_path))
+        if card is not None:
+            print(f"updated the model card {card}")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import check_eraser_family, load_erasers, read_eraser_folder, resolve_eraser_path
+from .checkpoint import check_eraser_family, load_eraser_stack, load_erasers, read_eraser_folder, resolve_eraser_path
 from .devices import DTYPES, resolve_device, resolve_dtype
 from .erasers.utils import DisableEraser
 from .errors import UserError
@@ -107,6 +107,21 @@ def check_pipeline_folder(model_path, family) -> str:
     return pipeline_class
 
 
+def eraser_weights(paths, weights) -> list:
+    """One finite weight per eraser of ``--eraser_path`` (a single ``--eraser_weight`` applies to all)."""
+    weights = [float(weights)] if isinstance(weights, (int, float)) else [float(w) for w in weights]
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:
+        raise UserError(f"--eraser_weight must be a finite number (got {bad[0]})")
+    count = len(paths) if paths else 1
+    if len(weights) == 1:
+        return weights * count
+    if len(weights) != count:
+        raise UserError(f"--eraser_weight: {len(weights)} weights for {count} erasers; give one weight for all or one "
+                        f"per --eraser_path, in the same order")
+    return weights
+
+
 def check_eraser_path(eraser_path, family=None) -> None:
     """Fail before the (slow) model load when the eraser folder or file is missing or unreadable, or (with
     ``family``) holds erasers of another model family. Shapes are checked when the erasers load."""
@@ -132,7 +147,7 @@ def load_pipeline_with_erasers(
     dtype=torch.float32,
     eraser_path=None,
     eraser_rank: int | None = None,
-    eraser_weight: float = 1.0,
+    eraser_weight=1.0,
     device="cpu",
     cpu_offload: bool = False,
     pipeline_class=None,
@@ -140,9 +155,11 @@ def load_pipeline_with_erasers(
 ):
     """Load the pipeline once, put the erasers on its transformer, move it to ``device``.
 
-    ``pipeline_class`` rebuilds the pipeline from the same components as another class of the family
-    (e.g. ``CogVideoXVideoToVideoPipeline``); ``setup(pipe)`` runs before the erasers load (scheduler,
-    VAE tiling...). Returns ``(pipe, eraser_config)``; ``eraser_config`` is ``None`` without an eraser.
+    ``eraser_path``: a folder (or weights file), or a list of them, stacked (summed at every block) with the
+    weights ``eraser_weight`` (one number, or one per eraser). ``pipeline_class`` rebuilds the pipeline from the
+    same components as another class of the family (e.g. ``CogVideoXVideoToVideoPipeline``); ``setup(pipe)`` runs
+    before the erasers load (scheduler, VAE tiling...). Returns ``(pipe, eraser_config)``; ``eraser_config`` is
+    ``None`` without an eraser (the first eraser's config for a stack).
     """
     pipe = family.load_pipeline(model_path, dtype=dtype)
     if pipeline_class is not None and not isinstance(pipe, pipeline_class):
@@ -153,10 +170,17 @@ def load_pipeline_with_erasers(
     if setup is not None:
         setup(pipe)
     config = None
-    if eraser_path is not None:
-        config = load_erasers(pipe.transformer, family.layout, eraser_path, eraser_rank=eraser_rank, eraser_weight=eraser_weight)
+    paths = None if eraser_path is None else (list(eraser_path) if isinstance(eraser_path, (list, tuple)) else [eraser_path])
+    if paths is not None and len(paths) > 1:
+        configs = load_eraser_stack(pipe.transformer, family.layout, paths, eraser_weights(paths, eraser_weight))
+        config = configs[0]
+        logger.info("stacked %d %s erasers (weights %s) from %s", len(paths), family.display_name,
+                    eraser_weights(paths, eraser_weight), ", ".join(map(str, paths)))
+    elif paths is not None:
+        weight = eraser_weights(paths, eraser_weight)[0]
+        config = load_erasers(pipe.transformer, family.layout, paths[0], eraser_rank=eraser_rank, eraser_weight=weight)
         rank = _loaded_rank(pipe.transformer, family)
-        logger.info("loaded %s erasers (rank %s, weight %s) from %s", family.display_name, rank, eraser_weight, eraser_path)
+        logger.info("loaded %s erasers (rank %s, weight %s) from %s", family.display_name, rank, weight, paths[0])
     elif eraser_rank is not None:
         logger.warning("--eraser_rank is ignored without --eraser_path")
     device = torch.device(device)
@@ -485,12 +509,14 @@ def build_parser(defaults: "InferenceDefaults") -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model and eraser")
     g.add_argument("--model_path", required=True, help="local diffusers pipeline folder (nothing is downloaded)")
-    g.add_argument("--eraser_path", "--eraser_ckpt_path", dest="eraser_path", default=None,
+    g.add_argument("--eraser_path", "--eraser_ckpt_path", dest="eraser_path", default=None, nargs="+",
                    help="eraser folder (eraser_config.json + eraser_weights.safetensors or .pt) or a weights file; "
-                   "optional when only a baseline or the clean video is rendered")
-    g.add_argument("--eraser_weight", type=float, default=1.0,
+                   "several erasers (of one model family, any ranks) are stacked: their outputs add up at every "
+                   "block, h + sum_i w_i eraser_i(h). Optional when only a baseline or the clean video is rendered")
+    g.add_argument("--eraser_weight", type=float, default=[1.0], nargs="+",
                    help="inference-time eraser strength: every eraser adds w * eraser(h) to its attention's output (0 "
-                   "renders the clean model, 1 as trained, values in between a partial erasure) (default: 1.0)")
+                   "renders the clean model, 1 as trained, values in between a partial erasure); one weight for all "
+                   "erasers or one per --eraser_path (default: 1.0)")
     g.add_argument("--eraser_rank", type=int, default=None,
                    help="expected eraser rank; default: read from the checkpoint (a mismatch is an error)")
     g.add_argument("--generate_clean", action="store_true",
@@ -573,8 +599,7 @@ def finish_args(args) -> None:
         raise UserError(f"--eraser_rank must be at least 1 (got {args.eraser_rank})")
     if not args.fps > 0 or not math.isfinite(args.fps):
         raise UserError(f"--fps must be positive (got {args.fps})")
-    if not math.isfinite(args.eraser_weight):
-        raise UserError(f"--eraser_weight must be a finite number (got {args.eraser_weight})")
+    args.eraser_weight = eraser_weights(args.eraser_path, args.eraser_weight)
     if args.output_dir is not None:
         if args.output_path is not None:
             raise UserError("pass --output_path (a prefix or a folder) or --output_dir (a folder), not both")
@@ -585,7 +610,6 @@ def finish_args(args) -> None:
     # 0 is not "the model's default" (leave the flag out for that): it would be replaced without a word
     check_ints(args, ("height", "width"), hint="; leave it out for the model's own size")
     check_floats(args, ("guidance_scale", "true_cfg_scale", "safree_gamma"), low=0.0)
-    check_floats(args, ("eraser_weight",))
     check_floats(args, ("strength",), low=0.0, above=True, high=1.0)
     if args.eraser_path is None and args.baseline == "none" and not args.generate_clean:
         raise UserError(
@@ -697,9 +721,10 @@ def plan_run(args, family) -> tuple:
     check_pipeline_folder(args.model_path, family)
     precheck_video_args(family, args)
     if args.eraser_path is not None:
-        args.eraser_path = resolve_eraser_path(args.eraser_path)
-    check_eraser_path(args.eraser_path, family)
-    if args.eraser_path is None and args.eraser_weight != 1.0:
+        args.eraser_path = [resolve_eraser_path(path) for path in args.eraser_path]
+        for path in args.eraser_path:
+            check_eraser_path(path, family)
+    elif args.eraser_weight != [1.0]:
         logger.warning("--eraser_weight is ignored without --eraser_path")
     jobs, folder, resumable = plan_jobs(args.prompt, args.prompt_file, args.output_path, args.seed,
                                         folder=getattr(args, "output_folder", False))

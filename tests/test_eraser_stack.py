@@ -76,3 +76,31 @@ def test_a_stack_refuses_an_eraser_of_another_family_naming_both(tmp_path):
     assert not collect_erasers(pipe.transformer, family.layout)  # nothing was loaded
     with pytest.raises(CheckpointError, match="2 erasers but 3 weights"):
         load_eraser_stack(pipe.transformer, family.layout, [tmp_path / "cog"] * 2, [1, 1, 1])
+
+
+def test_the_inference_cli_renders_a_stack_as_the_summed_eraser(tmp_path, tiny_cogvideox_dir):
+    import test_cogvideo
+    from receler.media import read_video
+
+    a = random_eraser(tmp_path / "a", "cogvideox", rank=4, seed=1)
+    b = random_eraser(tmp_path / "b", "cogvideox", rank=4, seed=2)
+    family = get_family("cogvideox")
+    combined = build_tiny_pipeline("cogvideox", seed=0)
+    load_erasers(combined.transformer, family.layout, {
+        name: {"down.weight": torch.cat([a[name]["down.weight"], b[name]["down.weight"]]),
+               "down.bias": torch.cat([a[name]["down.bias"], b[name]["down.bias"]]),
+               "up.weight": torch.cat([0.5 * a[name]["up.weight"], 2.0 * b[name]["up.weight"]], dim=1),
+               "up.bias": 0.5 * a[name]["up.bias"] + 2.0 * b[name]["up.bias"]} for name in a})
+    save_eraser_folder(tmp_path / "sum", combined.transformer, family.layout)
+    common = ["--model_path", str(tiny_cogvideox_dir), "--prompt", "a red car", "--num_frames", "9", "--height", "32",
+              "--width", "32", "--num_inference_steps", "2", "--guidance_scale", "1", "--fps", "4"]
+    test_cogvideo.main(common + ["--eraser_path", str(tmp_path / "a"), str(tmp_path / "b"), "--eraser_weight", "0.5",
+                                 "2", "--output_dir", str(tmp_path / "stacked")])
+    test_cogvideo.main(common + ["--eraser_path", str(tmp_path / "sum"), "--output_dir", str(tmp_path / "single")])
+    stacked, = (tmp_path / "stacked").glob("*_erased.mp4")
+    single, = (tmp_path / "single").glob("*_erased.mp4")
+    assert (read_video(stacked).astype(int) - read_video(single).astype(int)).__abs__().max() <= 1  # encoder rounding
+    with pytest.raises(SystemExit) as exit_info:
+        test_cogvideo.main(common + ["--eraser_path", str(tmp_path / "a"), str(tmp_path / "b"), "--eraser_weight",
+                                     "1", "2", "3", "--output_dir", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2

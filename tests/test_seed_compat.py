@@ -151,7 +151,7 @@ def test_seed_000_flags_in_inference(tiny_cogvideox_dir, tmp_path):
     prompts.write_text("a cat\n")
     args = test_cogvideo.parse_args(["--model_path", str(tiny_cogvideox_dir), "--eraser_ckpt_path", str(eraser),
                                      "--prompt_path", str(prompts), "--generate_type", "t2v", "--concept", "nudity"])
-    assert args.eraser_path == str(eraser) and args.prompt_file == str(prompts) and args.concept == "nudity"
+    assert args.eraser_path == [str(eraser)] and args.prompt_file == str(prompts) and args.concept == "nudity"
 
 
 def test_seed_import_paths_re_export_the_real_objects():
