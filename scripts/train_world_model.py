@@ -119,7 +119,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     tr.add_argument("--head_dim", type=int, default=16, help="Channels per attention head.")
     tr.add_argument("--patch_size", type=int, default=2,
                     help="Latent pixels per token side (2: a 16x16 latent frame is 8x8 tokens).")
-    tr.add_argument("--transformer_steps", type=int, default=12000, help="Transformer training steps.")
+    tr.add_argument("--transformer_steps", type=int, default=12000,
+                    help="Transformer training steps (the learning-rate schedule's length).")
+    tr.add_argument("--stop_after", type=int, default=None,
+                    help="Stop after this many steps of the --transformer_steps schedule and save the weight average "
+                         "as it stands (for a model that already draws what the checks ask; see --eval_every).")
     tr.add_argument("--batch_size", type=int, default=32, help="Videos per transformer step.")
     tr.add_argument("--lr", type=float, default=1e-3, help="Peak AdamW learning rate (linear warmup, cosine decay).")
     tr.add_argument("--warmup_steps", type=int, default=200, help="Learning-rate warmup steps.")
@@ -167,6 +171,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     if not 0.0 <= args.caption_dropout < 1.0:
         raise UserError(f"--caption_dropout must be in [0, 1), got {args.caption_dropout}")
+    if args.stop_after is not None and not 1 <= args.stop_after <= args.transformer_steps:
+        raise UserError(f"--stop_after must be between 1 and --transformer_steps ({args.transformer_steps}), got "
+                        f"{args.stop_after}")
     if not 0.0 <= args.attribute_dropout < 1.0:
         raise UserError(f"--attribute_dropout must be in [0, 1), got {args.attribute_dropout}")
     return args
@@ -486,8 +493,9 @@ def train_transformer(
         running, first_step, history = state["running"], state["step"], state["history"]
         logger.info("resumed the transformer from %s at step %d", state_file, first_step)
     transformer.train()
-    progress = tqdm(range(first_step, args.transformer_steps), desc="transformer", unit="step", mininterval=5,
-                    initial=first_step, total=args.transformer_steps)
+    last = min(args.transformer_steps, args.stop_after or args.transformer_steps)
+    progress = tqdm(range(first_step, last), desc="transformer", unit="step", mininterval=5,
+                    initial=first_step, total=last)
     for step in progress:
         lr = cosine_lr(step, args.transformer_steps, args.lr, warmup=min(args.warmup_steps, args.transformer_steps))
         for group in optimizer.param_groups:

@@ -250,6 +250,13 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypat
         script.main(args + ["--output_dir", str(tmp_path / "resumed"), "--state_dir", str(tmp_path / "s2")])
     monkeypatch.setattr(script, "update_ema", real_update)
     assert not (tmp_path / "resumed").exists()
+    # --stop_after 2 of the 4-step schedule, from scratch or from the checkpoint of step 2, saves the same model.
+    script.main(args + ["--output_dir", str(tmp_path / "half"), "--state_dir", str(tmp_path / "s3"), "--stop_after", "2"])
+    script.main(args + ["--output_dir", str(tmp_path / "half_resumed"), "--state_dir", str(tmp_path / "s2"), "--resume",
+                        "--stop_after", "2"])
+    half = CogVideoXPipeline.from_pretrained(tmp_path / "half", local_files_only=True).transformer.state_dict()
+    half_resumed = CogVideoXPipeline.from_pretrained(tmp_path / "half_resumed", local_files_only=True).transformer
+    assert all(torch.equal(a, b) for a, b in zip(half.values(), half_resumed.state_dict().values()))
     script.main(args + ["--output_dir", str(tmp_path / "resumed"), "--state_dir", str(tmp_path / "s2"), "--resume"])
 
     whole = CogVideoXPipeline.from_pretrained(tmp_path / "whole", local_files_only=True)
