@@ -399,16 +399,9 @@ def _warn_if_other_base(config: dict, transformer, layout: EraserLayout) -> None
 # ------------------------------------------------------------------------------------------------ load
 
 
-def load_erasers(
-    transformer, layout: EraserLayout, source, eraser_rank: int | None = None, eraser_weight: float = 1.0
-) -> dict:
-    """Load erasers (a folder, a weights file, or an in-memory published-layout dict) onto ``transformer``.
-
-    The whole checkpoint is validated first; on any mismatch nothing is wrapped or loaded. Blocks are
-    wrapped if they are not yet. ``eraser_weight`` w scales every eraser at inference, ``h + w * eraser(h)``,
-    for every family (0: the clean model, 1: as trained). Returns the eraser config (``{}`` for an in-memory
-    dict).
-    """
+def _checked_source(source, transformer, layout: EraserLayout, eraser_rank: int | None) -> tuple:
+    """``(config, state, label, rank)`` of an eraser (a folder, a weights file or an in-memory published-layout
+    dict), checked whole against ``transformer`` before anything is loaded."""
     if isinstance(source, dict):
         config, state, label = {}, source, "eraser checkpoint"
     else:
@@ -419,6 +412,20 @@ def load_erasers(
     check_eraser_family(state, layout, label, config)
     rank = validate_state(state, transformer, layout, eraser_rank, source=label)
     _warn_if_other_base(config, transformer, layout)
+    return config, state, label, rank
+
+
+def load_erasers(
+    transformer, layout: EraserLayout, source, eraser_rank: int | None = None, eraser_weight: float = 1.0
+) -> dict:
+    """Load erasers (a folder, a weights file, or an in-memory published-layout dict) onto ``transformer``.
+
+    The whole checkpoint is validated first; on any mismatch nothing is wrapped or loaded. Blocks are
+    wrapped if they are not yet. ``eraser_weight`` w scales every eraser at inference, ``h + w * eraser(h)``,
+    for every family (0: the clean model, 1: as trained). Returns the eraser config (``{}`` for an in-memory
+    dict).
+    """
+    config, state, label, rank = _checked_source(source, transformer, layout, eraser_rank)
     existing = collect_erasers(transformer, layout)
     stacked = any(isinstance(e, EraserStack) for e in existing.values())  # replaced by the one eraser loaded now
     if existing and not stacked and eraser_rank_of({k: v.state_dict() for k, v in existing.items()}) != rank:
@@ -446,16 +453,8 @@ def load_eraser_stack(transformer, layout: EraserLayout, sources: list, weights=
                               f"--eraser_path (or one for all)")
     if len(sources) == 1:
         return [load_erasers(transformer, layout, sources[0], eraser_weight=weights[0])]
-    loaded = []
-    for source in sources:
-        config, state, path = read_eraser_folder(source)
-        label = str(path)
-        if config.get("eraser_type", "adapter") != "adapter":
-            raise CheckpointError(f"{label}: eraser_type '{config['eraser_type']}' is not supported (only 'adapter')")
-        check_eraser_family(state, layout, label, config)
-        rank = validate_state(state, transformer, layout, None, source=label)
-        _warn_if_other_base(config, transformer, layout)
-        loaded.append((config, state, rank))
+    loaded = [_checked_source(source, transformer, layout, None) for source in sources]
+    loaded = [(config, state, rank) for config, state, _, rank in loaded]
     wrappers = attach_erasers(transformer, layout, loaded[0][2], eraser_weight=1.0)
     with torch.no_grad():
         for name in wrappers:

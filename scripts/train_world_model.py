@@ -350,21 +350,27 @@ def train_vae(vae, args) -> dict:
                 batch = pool[index, frame][:, None]  # [B, 1, H, W, 3]: one-frame videos
             else:
                 batch = pool[index]
-            loss, rec, kl = vae_loss(vae, to_model_video(batch), args, generator)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"VAE loss is not finite at {phase} step {step}; lower the VAE learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            optimizer.step()
-            running = rec.item() if running is None else 0.95 * running + 0.05 * rec.item()
-            progress.set_postfix(rec=f"{running:.4f}", kl=f"{kl.item():.3f}", refresh=False)
-            if (step + 1) % args.log_every == 0 or step + 1 == steps:
-                logger.info("vae %s step %d/%d: weighted reconstruction %.4f (running), kl %.3f", phase, step + 1,
-                            steps, running, kl.item())
+            running = vae_step(vae, optimizer, batch, args, generator, phase, step, steps, running, progress)
         stats[f"final_reconstruction_loss_{phase}"] = running
     vae.eval().requires_grad_(False)
     return stats
+
+
+def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, step: int, steps: int, running, progress):
+    """One VAE update on ``batch`` (uint8 videos); returns the running reconstruction loss (and logs it)."""
+    loss, rec, kl = vae_loss(vae, to_model_video(batch), args, generator)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"VAE loss is not finite at {phase} step {step}; lower the VAE learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+    optimizer.step()
+    running = rec.item() if running is None else 0.95 * running + 0.05 * rec.item()
+    progress.set_postfix(rec=f"{running:.4f}", kl=f"{kl.item():.3f}", refresh=False)
+    if (step + 1) % args.log_every == 0 or step + 1 == steps:
+        logger.info("vae %s step %d/%d: weighted reconstruction %.4f (running), kl %.3f", phase, step + 1, steps,
+                    running, kl.item())
+    return running
 
 
 def finetune_vae(vae, args) -> dict:
@@ -384,18 +390,7 @@ def finetune_vae(vae, args) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, args.vae_finetune_lr, warmup=min(20, steps))
         index = torch.randint(len(pool), (args.vae_batch_size,), generator=generator).numpy()
-        loss, rec, kl = vae_loss(vae, to_model_video(pool[index]), args, generator)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"VAE loss is not finite at finetune step {step}; lower --vae_finetune_lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        running = rec.item() if running is None else 0.95 * running + 0.05 * rec.item()
-        progress.set_postfix(rec=f"{running:.4f}", kl=f"{kl.item():.3f}", refresh=False)
-        if (step + 1) % args.log_every == 0 or step + 1 == steps:
-            logger.info("vae finetune step %d/%d: weighted reconstruction %.4f (running), kl %.3f", step + 1, steps,
-                        running, kl.item())
+        running = vae_step(vae, optimizer, pool[index], args, generator, "finetune", step, steps, running, progress)
     vae.eval().requires_grad_(False)
     return {"final_reconstruction_loss_finetune": running}
 
