@@ -11,7 +11,7 @@ from receler.world.model import WORLD_MODEL_DIR
 pytestmark = pytest.mark.skipif(not (WORLD_MODEL_DIR / "model_index.json").exists(),
                                 reason="the bundled world model is missing")
 
-FAST = ["--quick", "--train_steps", "4", "--attack_steps", "1,2", "--steps", "6"]
+FAST = ["--quick", "--train_steps", "3", "--attack_steps", "1,2", "--steps", "4"]
 
 
 def check_row(name, row, target="red"):
@@ -58,19 +58,19 @@ def test_quick_benchmark_writes_every_row_and_field(tmp_path):
 
 
 @pytest.mark.slow
-def test_several_targets_and_seeds_resume_and_summarise(tmp_path):
+def test_several_targets_resume_and_summarise(tmp_path):
     from receler.world.benchmark import main
 
-    argv = [str(tmp_path), *FAST, "--targets", "triangle,left", "--seeds", "0,1"]
+    argv = [str(tmp_path), *FAST, "--targets", "triangle,left", "--seeds", "0"]
     first = main(argv)
-    assert set(first["runs"]) == {"triangle/seed0", "triangle/seed1", "left/seed0", "left/seed1"}
+    assert set(first["runs"]) == {"triangle/seed0", "left/seed0"}
     assert first["runs"]["left/seed0"]["target_kind"] == "direction"
     for run in first["runs"].values():
         assert set(run["rows"]) == {"full"}
         check_row(run["target"], run["rows"]["full"], run["target"])
     summary = first["summary"]["full"]
     drops = [r["rows"]["full"]["other_psnr"]["mean"] for r in first["runs"].values()]
-    assert summary["psnr_mean"]["mean"] == pytest.approx(sum(drops) / 4)
+    assert summary["psnr_mean"]["mean"] == pytest.approx(sum(drops) / 2)
     assert summary["psnr_mean"]["worst"] == min(drops)
     # A rerun with the same settings reuses every saved run (no eraser is trained again).
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "erasers").rglob("eraser_weights.safetensors")}
