@@ -62,8 +62,14 @@ def test_several_targets_resume_and_summarise(tmp_path):
     from receler.world.benchmark import main
 
     argv = [str(tmp_path), *FAST, "--targets", "triangle,left", "--seeds", "0"]
-    first = main(argv)
+    # Two shards (as two array jobs or launched processes would run them): the first saves its run and leaves
+    # the tables; the second, finishing last, finds every run saved and writes them.
+    assert main([*argv, "--shard", "0/2"]) == {}
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["triangle_seed0.json"]
+    assert not (tmp_path / "world_benchmark.json").exists()
+    first = main([*argv, "--shard", "1/2"])
     assert set(first["runs"]) == {"triangle/seed0", "left/seed0"}
+    assert json.loads((tmp_path / "world_benchmark.json").read_text())["runs"] == first["runs"]
     assert first["runs"]["left/seed0"]["target_kind"] == "direction"
     for run in first["runs"].values():
         assert set(run["rows"]) == {"full"}
@@ -72,7 +78,7 @@ def test_several_targets_resume_and_summarise(tmp_path):
     drops = [r["rows"]["full"]["other_psnr"]["mean"] for r in first["runs"].values()]
     assert summary["psnr_mean"]["mean"] == pytest.approx(sum(drops) / 2)
     assert summary["psnr_mean"]["worst"] == min(drops)
-    # A rerun with the same settings reuses every saved run (no eraser is trained again).
+    # A rerun without --shard (or with the same settings) reuses every saved run (no eraser is trained again).
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "erasers").rglob("eraser_weights.safetensors")}
     again = main(argv)
     assert again["runs"] == first["runs"]

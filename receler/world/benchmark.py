@@ -22,7 +22,8 @@ attack, scored after each budget). A single-target run does every row by default
 
 Writes one JSON per (target, seed) under ``OUT_DIR/runs/`` (a rerun reuses those whose settings match, so an
 interrupted benchmark resumes), ``OUT_DIR/world_benchmark.json`` with all of them plus the mean and worst over
-targets x seeds, and prints the tables.
+targets x seeds, and prints the tables. ``--shard K/N`` (or ``accelerate launch``) splits the (target, seed) runs
+across processes or array jobs; the shard that finishes last writes the tables.
 """
 
 import argparse
@@ -305,34 +306,60 @@ def run_target(bench: Bench, target, seed: int, rows: list) -> dict:
     return results
 
 
-def run(args) -> dict:
-    bench = Bench(args)
-    runs_dir = bench.out / "runs"
+def _saved_run(path, settings):
+    """The result saved at ``path`` if it was computed with ``settings``, else None."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == settings:
+            return saved
+    return None
+
+
+def run(args) -> dict | None:
+    """Every (target, seed) run of this process's shard, then the tables once every run of the plan is saved
+    (a shard that finishes before the others leaves the tables to the last one, or to a rerun without --shard)."""
+    from ..sharding import current_shard
+
+    shard = current_shard(args.shard)
+    runs_dir = Path(args.output_dir) / "runs"
+    plan = [(target, seed) for target in args.targets for seed in args.seeds]
+    bench = None
     runs = {}
-    for target in args.targets:
-        for seed in args.seeds:
-            key = f"{target.name}/seed{seed}"
-            path = runs_dir / f"{_slug(target.name)}_seed{seed}.json"
-            settings = _run_settings(args, target, seed)
-            if path.is_file():
-                saved = json.loads(path.read_text())
-                if saved.get("settings") == settings:
-                    logger.info("%s: reusing %s", key, path)
-                    runs[key] = saved
-                    continue
+    for index, (target, seed) in enumerate(plan):
+        key = f"{target.name}/seed{seed}"
+        path = runs_dir / f"{_slug(target.name)}_seed{seed}.json"
+        settings = _run_settings(args, target, seed)
+        saved = _saved_run(path, settings)
+        if saved is not None:
+            logger.info("%s: reusing %s", key, path)
+            runs[key] = saved
+        elif shard.holds(index):
+            bench = bench or Bench(args)
             start = time.perf_counter()
             rows = run_target(bench, target, seed, args.rows)
             result = {"target": target.name, "target_kind": target.kind, "seed": seed, "settings": settings,
                       "rows": rows, "seconds": time.perf_counter() - start}
             atomic_write_json(path, result)
             runs[key] = result
+    # Another shard may have saved its runs meanwhile: the last shard to finish writes the tables.
+    for target, seed in plan:
+        key = f"{target.name}/seed{seed}"
+        if key not in runs:
+            saved = _saved_run(runs_dir / f"{_slug(target.name)}_seed{seed}.json", _run_settings(args, target, seed))
+            if saved is not None:
+                runs[key] = saved
+    if len(runs) < len(plan):
+        logger.info("shard %s finished its runs; %d of %d runs are saved, so the tables are left to the shard that "
+                    "finishes last (or rerun without --shard to write them)", shard, len(runs), len(plan))
+        return None
     report = {"model_path": str(args.model_path), "quick": args.quick, "rows": args.rows,
               "settings": {k: v for k, v in vars(args).items() if k not in ("verbose", "targets")}
               | {"targets": [t.name for t in args.targets]},
               "runs": runs, "summary": summarize(runs)}
-    atomic_write_json(bench.out / "world_benchmark.json", report)
+    out = Path(args.output_dir)
+    atomic_write_json(out / "world_benchmark.json", report)
     tables = "\n\n".join(t for t in (table(runs), multi_table(runs), summary_table(report["summary"])) if t)
-    atomic_write_text(bench.out / "world_benchmark.md", tables + "\n")
+    atomic_write_text(out / "world_benchmark.md", tables + "\n")
     print(tables)
     return report
 
@@ -554,6 +581,11 @@ def parse_args(argv=None):
     p.add_argument("--attack_lr", type=float, default=2e-2, help="attack learning rate")
     p.add_argument("--adversarial_flags", default="",
                    help="extra training flags of the adversarial row, e.g. '--adv_steps 4 --adv_weight 0.5'")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only the (target, seed) runs whose index i (targets, then seeds, in the order given) has "
+                        "i %% N == K, e.g. one array job per run; under accelerate launch / torchrun every process takes "
+                        "its share by itself. Each run is saved to OUT_DIR/runs/ as it finishes; the shard that finishes "
+                        "last writes the tables (a rerun without --shard writes them too, training nothing again)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     try:
@@ -590,7 +622,8 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging(args.verbose)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    return run(args)
+    report = run(args)
+    return {} if report is None else report  # {}: this shard's runs are saved, the tables are another's to write
 
 
 if __name__ == "__main__":
