@@ -109,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "lower learning rate: it sharpens shapes in the frames that share a latent with others "
                           "(a moving square's corners).")
     vae.add_argument("--vae_finetune_lr", type=float, default=3e-4, help="Peak AdamW learning rate of that phase.")
+    vae.add_argument("--vae_check_videos", type=int, default=96,
+                     help="Single-shape videos whose VAE reconstructions the classifier scores after the VAE phases "
+                          "(the ceiling of what the model can draw; in training_summary.json).")
     vae.add_argument("--vae_from", default=None,
                      help="Reuse the tokenizer, text encoder and VAE of this world-model folder and train only the "
                           "transformer (for iterating on the transformer).")
@@ -162,7 +165,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if len(args.vae_channels) not in (3, 4):
         raise UserError(f"--vae_channels needs 3 numbers (4x spatial compression) or 4 (8x), got {args.vae_channels}")
     for name in ("num_videos", "vae_videos", "vae_batch_size", "vae_image_batch_size", "batch_size", "threads",
-                 "text_len"):
+                 "text_len", "vae_check_videos"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.text_len < LONGEST_CAPTION_TOKENS:
@@ -617,8 +620,9 @@ def _accuracies(scores: dict) -> str:
 
 
 @torch.no_grad()
-def vae_check(vae, args, count: int = 96) -> dict:
+def vae_check(vae, args) -> dict:
     """Classifier accuracy on VAE reconstructions of single-shape world videos: the ceiling for the model."""
+    count = args.vae_check_videos
     pairs = make_dataset(count, seed=args.seed + 400, two_shape_prob=0.0)
     videos = np.stack([video for _, video in pairs])
     decoded = []
