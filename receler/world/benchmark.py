@@ -322,32 +322,20 @@ def run(args) -> dict | None:
 
     shard = current_shard(args.shard)
     runs_dir = Path(args.output_dir) / "runs"
-    plan = [(target, seed) for target in args.targets for seed in args.seeds]
+    plan = [(target, seed, f"{target.name}/seed{seed}", runs_dir / f"{_slug(target.name)}_seed{seed}.json",
+             _run_settings(args, target, seed)) for target in args.targets for seed in args.seeds]
     bench = None
-    runs = {}
-    for index, (target, seed) in enumerate(plan):
-        key = f"{target.name}/seed{seed}"
-        path = runs_dir / f"{_slug(target.name)}_seed{seed}.json"
-        settings = _run_settings(args, target, seed)
-        saved = _saved_run(path, settings)
-        if saved is not None:
+    for index, (target, seed, key, path, settings) in enumerate(plan):
+        if _saved_run(path, settings) is not None:
             logger.info("%s: reusing %s", key, path)
-            runs[key] = saved
         elif shard.holds(index):
             bench = bench or Bench(args)
             start = time.perf_counter()
             rows = run_target(bench, target, seed, args.rows)
-            result = {"target": target.name, "target_kind": target.kind, "seed": seed, "settings": settings,
-                      "rows": rows, "seconds": time.perf_counter() - start}
-            atomic_write_json(path, result)
-            runs[key] = result
-    # Another shard may have saved its runs meanwhile: the last shard to finish writes the tables.
-    for target, seed in plan:
-        key = f"{target.name}/seed{seed}"
-        if key not in runs:
-            saved = _saved_run(runs_dir / f"{_slug(target.name)}_seed{seed}.json", _run_settings(args, target, seed))
-            if saved is not None:
-                runs[key] = saved
+            atomic_write_json(path, {"target": target.name, "target_kind": target.kind, "seed": seed,
+                                     "settings": settings, "rows": rows, "seconds": time.perf_counter() - start})
+    # Read back in plan order: other shards may have saved theirs meanwhile, and the last to finish writes the tables.
+    runs = {key: saved for _, _, key, path, settings in plan if (saved := _saved_run(path, settings)) is not None}
     if len(runs) < len(plan):
         logger.info("shard %s finished its runs; %d of %d runs are saved, so the tables are left to the shard that "
                     "finishes last (or rerun without --shard to write them)", shard, len(runs), len(plan))
