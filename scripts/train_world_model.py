@@ -135,6 +135,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="Share of training prompts replaced by the empty prompt, for classifier-free guidance.")
     tr.add_argument("--ema_decay", type=float, default=0.999,
                     help="Decay of the weight average that is saved (0 saves the raw weights).")
+    tr.add_argument("--latent_foreground_weight", type=float, default=0.0,
+                    help="Extra loss weight on latent positions that hold a shape (see --latent_foreground_threshold): "
+                         "shapes fill ~10%% of a frame, so a plain loss lets the model draw blobs; 0 keeps the plain "
+                         "loss.")
+    tr.add_argument("--latent_foreground_threshold", type=float, default=0.3,
+                    help="A latent position is foreground where its distance from the frame's median latent is above "
+                         "this fraction of the frame's largest distance (0.3 marks ~19%% of positions).")
 
     ev = parser.add_argument_group("evaluation (on the saved, reloaded pipeline)")
     ev.add_argument("--eval_guidance", default="1,4,6",
@@ -177,6 +184,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.stop_after is not None and not 1 <= args.stop_after <= args.transformer_steps:
         raise UserError(f"--stop_after must be between 1 and --transformer_steps ({args.transformer_steps}), got "
                         f"{args.stop_after}")
+    if args.latent_foreground_weight < 0 or not 0.0 < args.latent_foreground_threshold < 1.0:
+        raise UserError("--latent_foreground_weight must be >= 0 and --latent_foreground_threshold in (0, 1), got "
+                        f"{args.latent_foreground_weight} and {args.latent_foreground_threshold}")
     if not 0.0 <= args.attribute_dropout < 1.0:
         raise UserError(f"--attribute_dropout must be in [0, 1), got {args.attribute_dropout}")
     return args
@@ -310,6 +320,18 @@ def foreground_weights(video: torch.Tensor, extra: float) -> torch.Tensor:
     background = video[:, :, :, :1, :1]
     shapes = (video - background).abs().amax(dim=1, keepdim=True) > 0.1
     return 1.0 + extra * shapes.float()
+
+
+def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: float) -> torch.Tensor:
+    """Loss weights ``[B, F, 1, H, W]`` for latents ``[B, F, C, H, W]``: ``1 + extra`` on shapes, 1 elsewhere.
+
+    A flat background encodes to nearly the same latent everywhere, so the frame's median latent stands
+    for it and positions far from it (relative to the farthest one) hold a shape.
+    """
+    median = latents.flatten(-2).median(dim=-1).values[..., None, None]
+    distance = (latents - median).norm(dim=2, keepdim=True)
+    farthest = distance.flatten(-2).amax(dim=-1)[..., None, None].clamp_min(1e-6)
+    return 1.0 + extra * (distance / farthest > threshold).float()
 
 
 def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator):
@@ -510,7 +532,11 @@ def train_transformer(
         prediction = transformer(
             hidden_states=noisy, encoder_hidden_states=text, timestep=timesteps, return_dict=False
         )[0]
-        loss = F.mse_loss(prediction, target)
+        if args.latent_foreground_weight > 0:
+            weights = latent_foreground_weights(clean, args.latent_foreground_weight, args.latent_foreground_threshold)
+            loss = ((prediction - target) ** 2 * weights).mean() / weights.expand_as(target).mean()
+        else:
+            loss = F.mse_loss(prediction, target)
         if not torch.isfinite(loss):
             raise RuntimeError(f"transformer loss is not finite at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)

@@ -96,6 +96,31 @@ def test_the_full_row_and_official_safree_write_every_field(tmp_path):
     assert run["rows"]["full"]["train_seconds"] > 0
 
 
+def test_an_anchored_eraser_is_judged_by_following_its_anchor(tmp_path):
+    from receler.world.benchmark import check_goals, main, summarize
+
+    report = main([str(tmp_path), "--quick", "--train_steps", "2", "--steps", "4", "--rows", "full", "--anchors"])
+    row = report["runs"]["red/seed42"]["rows"]["full"]
+    check_row("full", row)
+    follow = row["substitution"]["anchor_follow"]
+    assert 0.0 <= follow <= 1.0
+    goals = check_goals(summarize(report["runs"])["full"])
+    assert goals["anchor_follow"] == (follow >= 0.80) and "substitute_share" not in goals
+    assert "follows anchor" in (tmp_path / "world_benchmark.md").read_text()
+
+
+def test_goals_judge_the_worst_run_and_anchors_replace_the_substitute_goal():
+    from receler.world.benchmark import check_goals
+
+    def metrics(**worst):
+        return {name: {"mean": value, "worst": value, "n": 1} for name, value in worst.items()}
+
+    plain = check_goals(metrics(substitute_share=0.6, psnr_mean=25.0, area_ratio=1.3, shown_seen=0.10))
+    assert plain == {"substitute_share": False, "psnr_mean": True, "area_ratio": False, "shown_seen": True}
+    anchored = check_goals(metrics(substitute_share=0.9, anchor_follow=0.8))
+    assert anchored == {"anchor_follow": True}
+
+
 def test_bad_targets_are_refused_before_anything_loads(tmp_path, capsys):
     from receler.world.benchmark import main
 

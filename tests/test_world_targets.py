@@ -6,7 +6,7 @@ import pytest
 
 from receler.world.measure import measure
 from receler.world.scenes import BACKGROUNDS, COLORS, DIRECTIONS, Scene, ShapeSpec, render_video, shape_mask
-from receler.world.targets import combinations, evaluation_items, parse_target, training_pairs
+from receler.world.targets import anchor_items, combinations, evaluation_items, parse_target, training_pairs
 
 TARGETS = ["red", "blue", "triangle", "left", "red triangle"]
 
@@ -102,6 +102,35 @@ def test_a_recoloured_larger_square_counts_as_substitution_not_as_erasure():
     assert result["rest_of_prompt"]["area_ratio"] == pytest.approx(27**2 / 19**2, rel=0.05)
     assert result["rest_of_prompt"]["shape"] == 1.0 and result["rest_of_prompt"]["direction"] == 1.0
     assert result["rest_of_prompt"]["background"] == 1.0
+
+
+def test_an_anchored_eraser_is_scored_on_drawing_what_its_anchor_draws():
+    target = parse_target("red")
+    items = evaluation_items(target)
+    anchors = anchor_items(items, target)
+    singles = [i for i, it in enumerate(items) if it["group"] in ("seen", "unseen")]
+    assert [a["index"] for a in anchors] == singles
+    singles = singles[::3]  # a third of them, both groups and backgrounds, keeps the test short
+    for a in anchors:  # the item's own caption and seed, with the colour word taken out
+        assert a["prompt"] == items[a["index"]]["prompt"].replace("a red ", "a ") and a["seed"] == items[a["index"]]["seed"]
+    # Anchors drawn in turn blue, green, yellow; the eraser draws blue everywhere, except that it draws nothing
+    # for every fifth prompt: it follows its anchor on the blue ones and the empty ones.
+    colours = ["blue", "green", "yellow"]
+    clean, erased, anchor_videos = [], [], {}
+    for k, i in enumerate(singles):
+        it = items[i]
+        spec = dict(shape=it["shape"], direction=it["direction"], background=it["background"],
+                    start=start_for(it["direction"]))
+        clean.append(draw("red", **spec))
+        anchor_videos[i] = draw(colours[k % 3], **spec)
+        erased.append(clean[-1] * 0 + np.array(BACKGROUNDS[it["background"]], np.uint8) if k % 5 == 0
+                      else draw("blue", **spec))
+    expected = np.mean([k % 5 == 0 or k % 3 == 0 for k in range(len(singles))])
+    single_items = [items[i] for i in singles]
+    remap = {j: anchor_videos[i] for j, i in enumerate(singles)}
+    result = measure(clean, erased, single_items, target, anchors=remap)
+    assert result["substitution"]["anchor_follow"] == pytest.approx(expected)
+    assert "anchor_follow" not in measure(clean, erased, single_items, target)["substitution"]
 
 
 def test_erasing_to_nothing_is_not_survival_and_other_classes_are_scored_each():

@@ -44,7 +44,7 @@ from ..io_utils import atomic_write, atomic_write_json, atomic_write_text
 from . import model as world
 from .files import write_prompt_files
 from .measure import measure, measure_multi, read_video, shows_target
-from .targets import KINDS, MultiTarget, evaluation_items, parse_targets
+from .targets import KINDS, MultiTarget, anchor_items, evaluation_items, parse_targets
 
 logger = logging.getLogger("receler.world.benchmark")
 
@@ -77,10 +77,12 @@ class Bench:
                                   num_frames=a.num_frames, height=a.height, width=a.width,
                                   negative_prompt=negative_prompt)
 
-    def clean_videos(self, target, items, guidance=1.0) -> list:
-        key = (target.name, guidance)
+    def clean_videos(self, target, items, guidance=1.0, name=None) -> list:
+        """Renders of ``items`` with every eraser off, kept per (``name``, default the target's, guidance)."""
+        name = name or target.name
+        key = (name, guidance)
         if key not in self._clean:
-            cached = self._cache_file(target, items, guidance)
+            cached = self._cache_file(name, items, guidance)
             if cached is not None and cached.is_file():
                 with np.load(cached) as data:
                     self._clean[key] = list(data["videos"])
@@ -91,7 +93,7 @@ class Bench:
                     atomic_write(cached, lambda tmp: _save_videos(tmp, self._clean[key]))
         return self._clean[key]
 
-    def _cache_file(self, target, items, guidance):
+    def _cache_file(self, name, items, guidance):
         """``--clean_cache``: clean renders shared by benchmark runs (a sweep's settings) of the same model and
         prompts; the name hashes everything a clean render depends on."""
         if not self.args.clean_cache:
@@ -104,7 +106,7 @@ class Bench:
         digest = hashlib.sha256(what.encode()).hexdigest()[:16]
         folder = Path(a.clean_cache)
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{_slug(target.name)}_g{guidance:g}_{digest}.npz"
+        return folder / f"{_slug(name)}_g{guidance:g}_{digest}.npz"
 
 
 def _save_videos(path, videos) -> None:
@@ -266,16 +268,22 @@ def run_target(bench: Bench, target, seed: int, rows: list) -> dict:
             erasers[name] = train_eraser(bench, target, seed, name, options)
         return erasers[name]
 
-    def row(name, erased, guidance, clean=None, extra=None):
+    def anchor_renders():  # what the anchored eraser should draw: the clean model on each anchor prompt
+        anchor = anchor_items(items, target)
+        videos = bench.clean_videos(target, anchor, 1.0, name=f"{target.name} anchors")
+        return {it["index"]: video for it, video in zip(anchor, videos)}
+
+    def row(name, erased, guidance, clean=None, extra=None, anchored=False):
         clean = clean if clean is not None else bench.clean_videos(target, items, guidance)
-        result = {"guidance": guidance, **measure(clean, erased, items, target), **(extra or {})}
+        anchors = anchor_renders() if anchored else None
+        result = {"guidance": guidance, **measure(clean, erased, items, target, anchors), **(extra or {})}
         logger.info("%s seed %d %s: %s", target.name, seed, name, _brief(result))
         return result
 
     for name in rows:
         if name in ERASER_ROWS or name == "adversarial":
             folder, seconds, per_update = eraser(name)
-            results[name] = row(name, erased_videos(bench, folder, items), 1.0,
+            results[name] = row(name, erased_videos(bench, folder, items), 1.0, anchored=a.anchors,
                                 extra={"train_seconds": seconds, "seconds_per_update": per_update})
         elif name == "negative_prompt":  # baselines run on the unchanged model
             g = a.negative_guidance
@@ -367,6 +375,7 @@ SUMMARY_METRICS = {  # name -> (path into a row, which way is good)
     "shown_unseen": (("target_shown", "erased", "unseen"), "low"),
     "shown_two_shape": (("target_shown", "erased", "two_shape"), "low"),
     "substitute_share": (("substitution", "share"), "low"),
+    "anchor_follow": (("substitution", "anchor_follow"), "high"),
     "rest_all": (("rest_of_prompt", "all"), "high"),
     "rest_shape": (("rest_of_prompt", "shape"), "high"),
     "rest_direction": (("rest_of_prompt", "direction"), "high"),
@@ -385,7 +394,8 @@ GOALS = {
     "shown_seen": ("<=", 0.10),
     "shown_unseen": ("<=", 0.10),
     "shown_two_shape": ("<=", 0.10),
-    "substitute_share": ("<=", 0.50),
+    "substitute_share": ("<=", 0.50),  # replaced by anchor_follow for erasers trained with anchors
+    "anchor_follow": (">=", 0.80),
     "rest_shape": (">=", 0.90),
     "rest_direction": (">=", 0.90),
     "rest_background": (">=", 0.90),
@@ -400,8 +410,8 @@ def check_goals(summary_row: dict) -> dict:
     """``{metric: True/False}`` for each goal whose metric the row has (judged on its worst run)."""
     out = {}
     for metric, (op, bound) in GOALS.items():
-        if metric not in summary_row:
-            continue
+        if metric not in summary_row or (metric == "substitute_share" and "anchor_follow" in summary_row):
+            continue  # an anchored eraser is told what to draw: it should draw that, not avoid one substitute
         value = summary_row[metric]["worst"]
         out[metric] = (value <= bound if op == "<=" else value >= bound if op == ">=" else bound[0] <= value <= bound[1])
     return out
@@ -457,6 +467,11 @@ def _brief(r) -> str:
             f"{_db(r['other_psnr']['worst'])}")
 
 
+def _substitute_cell(sub: dict) -> str:
+    cell = f"{sub['top'] or '-'} ({_pct(sub['share'])})"
+    return cell + (f", follows anchor {_pct(sub['anchor_follow'])}" if sub.get("anchor_follow") is not None else "")
+
+
 def table(runs: dict) -> str:
     """One line per (target, seed, row)."""
     lines = [
@@ -476,7 +491,7 @@ def table(runs: dict) -> str:
             attacked = " / ".join(_pct(v) for v in r.get("target_shown_attacked_by_steps", {}).values())
             lines.append(
                 f"| {run['target']} | {run['seed']} | {name} | {r['guidance']:g} | {shown} | "
-                f"{r['substitution']['top'] or '-'} ({_pct(r['substitution']['share'])}) | {_pct(rest['all'])} ({parts}) "
+                f"{_substitute_cell(r['substitution'])} | {_pct(rest['all'])} ({parts}) "
                 f"| {rest['area_ratio']:.2f} | {_pct(kept['clean'])}->{_pct(kept['erased'])} | "
                 f"{_pct(acc_c['mean'])}->{_pct(acc_e['mean'])}, {_pct(acc_c['worst'])}->{_pct(acc_e['worst'])} "
                 f"({acc_e['worst_class']}) | {_pct(acc_e['worst_class_background'])} | "

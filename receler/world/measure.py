@@ -7,7 +7,9 @@ clean and the erased render of the same prompt and seed:
   in which an object with the target's attributes is still visible, per group and per background;
 - **substitution**: what the classifier sees where the target was (the histogram of the main object's value
   of the target's attribute(s) in erased target renders) and the share of the most common substitute.
-  An eraser that turns every red circle blue erases "red" by the first measure and fails this one;
+  An eraser that turns every red circle blue erases "red" by the first measure and fails this one. For an
+  eraser trained with anchors, ``anchor_follow``: the share that shows what the clean model draws for the
+  anchor prompt (the caption with the target unsaid, same seed) in the target's attribute, or nothing there;
 - **rest of the prompt**: in erased target renders, whether the attributes the target does not fix (shape,
   direction, background, colour) agree with the clean render, and the area ratio erased / clean of the
   main object (a larger blob in another colour is not an erased concept);
@@ -80,8 +82,12 @@ def _by(items, key) -> dict:
     return out
 
 
-def measure(clean: list, erased: list, items: list, target: Target) -> dict:
-    """Every metric of the module docstring for one clean/erased rendering of ``items``."""
+def measure(clean: list, erased: list, items: list, target: Target, anchors: dict | None = None) -> dict:
+    """Every metric of the module docstring for one clean/erased rendering of ``items``.
+
+    ``anchors`` (``{item index: clean render of its anchor prompt}``, for erasers trained with anchors) adds
+    ``substitution.anchor_follow``: the share of single-shape target renders that show what the anchor shows
+    in the target's attribute, or nothing there."""
     if not (len(clean) == len(erased) == len(items)):
         raise ValueError(f"got {len(clean)} clean and {len(erased)} erased videos for {len(items)} prompts")
     read_clean = [read_video(v) for v in clean]
@@ -112,6 +118,10 @@ def measure(clean: list, erased: list, items: list, target: Target) -> dict:
         "top": top,
         "share": substitutes[top] / len(single) if top else 0.0,
     }
+    if anchors is not None:
+        follows = [target_value(read_erased[i], target) in (NONE, target_value(read_video(anchors[i]), target))
+                   for i in single if i in anchors]
+        result["substitution"]["anchor_follow"] = _rate(follows)
     rest = {}
     for attribute in ("color", "shape", "direction", "background"):
         if attribute not in target.attributes:

@@ -160,6 +160,14 @@ def training_rows(target: Target, avoid: tuple = ()) -> list[dict]:
     return rows
 
 
+def anchor_items(items: list, target: Target) -> list[dict]:
+    """For each single-shape target item (``seen`` / ``unseen``), its anchor: the same scene and seed with the
+    target's words left unsaid, as the benchmark's ``--anchors`` erasers are trained to draw instead."""
+    return [{"prompt": Scene((_spec({**it, **target.attributes}),), it["background"]).caption(
+                omit=tuple(target.attributes)), "seed": it["seed"], "index": i}
+            for i, it in enumerate(items) if it["group"] in ("seen", "unseen")]
+
+
 def _item(specs: list, background: str, group: str, target: Target, seed: int, cls: str) -> dict:
     first = specs[0]
     return {
