@@ -301,3 +301,14 @@ def test_learning_rate_schedule_and_foreground_weights():
     expected = torch.ones(1, 1, 1, 4, 4)
     expected[0, 0, 0, 1, 2] = 10.0
     assert torch.equal(weights, expected)
+
+
+def test_latent_foreground_weights_mark_the_shape_and_only_the_shape():
+    script = load_script()
+    latents = torch.randn(2, 3, 16, 1, 1).expand(2, 3, 16, 8, 8).clone()  # flat: one latent per frame
+    latents += 0.01 * torch.randn(latents.shape)  # encoder noise on the background
+    latents[:, :, :, 2:4, 5:7] += 3.0  # a 2x2 shape in every frame
+    weights = script.latent_foreground_weights(latents, extra=4.0, threshold=0.3)
+    expected = torch.ones(2, 3, 1, 8, 8)
+    expected[:, :, :, 2:4, 5:7] = 5.0
+    assert torch.equal(weights, expected)
