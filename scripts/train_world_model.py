@@ -534,7 +534,7 @@ def train_transformer(
         )[0]
         if args.latent_foreground_weight > 0:
             weights = latent_foreground_weights(clean, args.latent_foreground_weight, args.latent_foreground_threshold)
-            loss = ((prediction - target) ** 2 * weights).mean() / weights.expand_as(target).mean()
+            loss = ((prediction - target) ** 2 * weights).mean() / weights.mean()  # the same weights on every channel
         else:
             loss = F.mse_loss(prediction, target)
         if not torch.isfinite(loss):

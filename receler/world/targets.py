@@ -143,6 +143,12 @@ def training_pairs(target: Target) -> list[tuple[str, str]]:
     return [(row["prompt"], row["preserve_prompt"]) for row in training_rows(target)]
 
 
+def _anchor_caption(values: dict, target: Target) -> str:
+    """The single-shape caption of ``values`` (with the target's values) with the target's words left unsaid."""
+    values = {**values, **target.attributes}
+    return Scene((_spec(values),), values["background"]).caption(omit=tuple(target.attributes))
+
+
 def training_rows(target: Target, avoid: tuple = ()) -> list[dict]:
     """The training CSV's rows for every seen combination: the target caption, its preserve prompt (the same
     scene with another value), and its anchor (the same caption with the target's words left unsaid, e.g.
@@ -151,11 +157,10 @@ def training_rows(target: Target, avoid: tuple = ()) -> list[dict]:
     rows = []
     for k, combination in enumerate(seen):
         other = substitute(target, combination, k, avoid)
-        values = {**combination, **target.attributes}
         rows.append({
             "prompt": target_caption(target, combination),
             "preserve_prompt": _caption([_spec(other)], other["background"]),
-            "anchor_prompt": Scene((_spec(values),), values["background"]).caption(omit=tuple(target.attributes)),
+            "anchor_prompt": _anchor_caption(combination, target),
         })
     return rows
 
@@ -163,8 +168,7 @@ def training_rows(target: Target, avoid: tuple = ()) -> list[dict]:
 def anchor_items(items: list, target: Target) -> list[dict]:
     """For each single-shape target item (``seen`` / ``unseen``), its anchor: the same scene and seed with the
     target's words left unsaid, as the benchmark's ``--anchors`` erasers are trained to draw instead."""
-    return [{"prompt": Scene((_spec({**it, **target.attributes}),), it["background"]).caption(
-                omit=tuple(target.attributes)), "seed": it["seed"], "index": i}
+    return [{"prompt": _anchor_caption(it, target), "seed": it["seed"], "index": i}
             for i, it in enumerate(items) if it["group"] in ("seen", "unseen")]
 
 
