@@ -121,6 +121,24 @@ def test_goals_judge_the_worst_run_and_anchors_replace_the_substitute_goal():
     assert anchored == {"anchor_follow": True}
 
 
+def test_the_summary_counts_the_runs_that_meet_each_goal():
+    from receler.world.benchmark import summarize, summary_table
+
+    def run(psnr, area):
+        cells = {"per_class_background": {"green/gray": 1.0}}
+        return {"rows": {"full": {"other_psnr": {"mean": psnr, "worst": psnr - 1.0},
+                                  "rest_of_prompt": {"area_ratio": area},
+                                  "other_accuracy": {"clean": cells, "erased": cells}}}}
+
+    # PSNR 26 and 25 meet >= 25 dB, 24 does not; areas 1.0 and 0.8 are inside 0.8-1.25, 2.0 is not.
+    runs = {"a": run(26.0, 1.0), "b": run(25.0, 2.0), "c": run(24.0, 0.8)}
+    summary = summarize(runs)["full"]
+    assert summary["psnr_mean"] == {"mean": 25.0, "worst": 24.0, "n": 3, "passing": 2}
+    assert summary["area_ratio"]["worst"] == 2.0 and summary["area_ratio"]["passing"] == 2
+    assert summary["psnr_worst"]["passing"] == 3  # 25, 24 and 23 dB all meet >= 22 dB
+    assert "25.0 (24.0) ✗ 2/3" in summary_table(summarize(runs))
+
+
 def test_bad_targets_are_refused_before_anything_loads(tmp_path, capsys):
     from receler.world.benchmark import main
 
