@@ -146,6 +146,9 @@ def test_bad_targets_are_refused_before_anything_loads(tmp_path, capsys):
         main([str(tmp_path), "--targets", "red,pink"])
     assert exit_info.value.code == 2
     assert "pink" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--targets", "red,blue", "--anchor_to", "blue"])  # blue cannot stand in for blue
+    assert "--anchor_to 'blue' is a concept being erased" in capsys.readouterr().err
 
 
 @pytest.mark.slow

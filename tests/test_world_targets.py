@@ -206,6 +206,39 @@ def test_anchors_leave_exactly_the_target_unsaid(text, tmp_path):
     assert csv.DictReader(open(train)).fieldnames == ["prompt", "preserve_prompt", "anchor_prompt"]
 
 
+@pytest.mark.parametrize("text, value", [("red", "blue"), ("triangle", "square"), ("left", "up")])
+def test_a_named_anchor_puts_its_value_in_the_targets_place(text, value, tmp_path):
+    import csv
+
+    from receler.world.files import write_prompt_files
+    from receler.world.targets import training_rows
+
+    target = parse_target(text)
+    for row in training_rows(target, anchor_to=value):
+        assert row["anchor_prompt"] == row["prompt"].replace(f" {text} ", f" {value} ")
+    items = evaluation_items(target, quick=True)
+    for a in anchor_items(items, target, anchor_to=value):
+        assert a["prompt"] == items[a["index"]]["prompt"].replace(f" {text} ", f" {value} ")
+        assert a["seed"] == items[a["index"]]["seed"]
+    train, _ = write_prompt_files(tmp_path, target, anchor_to=value)  # a named anchor needs no --anchors
+    rows = list(csv.DictReader(open(train)))
+    assert rows and all(r["anchor_prompt"].split().count(value) == 1 for r in rows)
+
+
+@pytest.mark.parametrize("text, value, why", [
+    ("red triangle", "blue", "fixes several attributes"),  # which attribute would it replace?
+    ("red", "square", "not a color"),
+    ("red", "red", "being erased"),
+    ("red+green", "green", "being erased"),
+])
+def test_a_named_anchor_that_cannot_stand_in_for_the_target_is_refused(text, value, why):
+    from receler.world.targets import check_anchor_to, parse_targets
+
+    with pytest.raises(ValueError, match=why):
+        check_anchor_to(parse_targets(text), value)
+    check_anchor_to(parse_targets("red+green"), "blue")  # another colour is fine
+
+
 def test_several_targets_are_measured_each_on_its_own_prompts():
     from receler.world.measure import measure_multi
     from receler.world.targets import multi_training_rows, parse_targets

@@ -44,7 +44,7 @@ from ..io_utils import atomic_write, atomic_write_json, atomic_write_text
 from . import model as world
 from .files import write_prompt_files
 from .measure import measure, measure_multi, read_video, shows_target
-from .targets import KINDS, MultiTarget, anchor_items, evaluation_items, parse_targets
+from .targets import KINDS, MultiTarget, anchor_items, check_anchor_to, evaluation_items, parse_targets
 
 logger = logging.getLogger("receler.world.benchmark")
 
@@ -147,7 +147,7 @@ def train_eraser(bench: Bench, target, seed: int, name: str, options: dict, prom
     a = bench.args
     folder = bench.out / "erasers" / f"{_slug((prompts_for or target).name)}_seed{seed}" / name
     folder.mkdir(parents=True, exist_ok=True)
-    pairs, _ = write_prompt_files(folder, target, a.quick, anchors=a.anchors)
+    pairs, _ = write_prompt_files(folder, target, a.quick, anchors=a.anchors, anchor_to=a.anchor_to)
     concepts = ",".join(t.name for t in target.components) if isinstance(target, MultiTarget) else target.name
     output = folder / "eraser"
     shared = dict(num_frames=a.num_frames, height=a.height, width=a.width, num_inference_steps=a.steps,
@@ -269,8 +269,9 @@ def run_target(bench: Bench, target, seed: int, rows: list) -> dict:
         return erasers[name]
 
     def anchor_renders():  # what the anchored eraser should draw: the clean model on each anchor prompt
-        anchor = anchor_items(items, target)
-        videos = bench.clean_videos(target, anchor, 1.0, name=f"{target.name} anchors")
+        anchor = anchor_items(items, target, a.anchor_to)
+        name = f"{target.name} anchors" + (f" ({a.anchor_to})" if a.anchor_to else "")
+        videos = bench.clean_videos(target, anchor, 1.0, name=name)
         return {it["index"]: video for it, video in zip(anchor, videos)}
 
     def row(name, erased, guidance, clean=None, extra=None, anchored=False):
@@ -365,7 +366,8 @@ def _run_settings(args, target, seed) -> dict:
     keep = ("model_path", "quick", "rows", "steps", "num_frames", "height", "width", "train_steps", "eraser_rank",
             "learning_rate", "eta", "batch_size", "negative_guidance", "attack_tokens", "attack_steps", "attack_lr",
             "adversarial_flags", "train_flags", "anchors")
-    return json.loads(json.dumps({k: getattr(args, k) for k in keep} | {"target": target.name, "seed": seed}))
+    named = {"anchor_to": args.anchor_to} if args.anchor_to else {}  # absent otherwise: older saved runs still match
+    return json.loads(json.dumps({k: getattr(args, k) for k in keep} | named | {"target": target.name, "seed": seed}))
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -579,6 +581,10 @@ def parse_args(argv=None):
     p.add_argument("--anchors", action="store_true",
                    help="train with anchors: each training caption with the target left unsaid ('a circle moving "
                         "left ...' for red) is the base of the unlearning target (see the trainer's --anchor_weight)")
+    p.add_argument("--anchor_to", metavar="VALUE", default=None,
+                   help="train with anchors that name this value in the target's place ('a blue circle moving left "
+                        "...' for red with --anchor_to blue): the eraser is told what to draw instead, and is judged "
+                        "on drawing it (implies --anchors; a value of the targets' kind that no target has)")
     p.add_argument("--train_flags", default="",
                    help="extra training flags for every eraser row, e.g. '--mask_mode average --start_guidance 3'")
     p.add_argument("--clean_cache", default=None,
@@ -614,6 +620,13 @@ def parse_args(argv=None):
         p.error(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2")
     if not args.seeds:
         p.error("--seeds is empty; give at least one seed, e.g. --seeds 42")
+    if args.anchor_to is not None:
+        args.anchors = True
+        for target in args.targets:
+            try:
+                check_anchor_to(target, args.anchor_to)
+            except ValueError as err:
+                p.error(str(err))
     single = len(args.targets) == 1 and len(args.seeds) == 1
     args.rows = [r for r in (args.rows or (",".join(ALL_ROWS) if single else "full")).split(",") if r]
     unknown = [r for r in args.rows if r not in ALL_ROWS + MULTI_ROWS]

@@ -3,7 +3,8 @@
     python -m receler.world.files --target red --output_dir OUT [--quick]
 
 writes ``OUT/train_prompts.csv`` (``prompt,preserve_prompt[,anchor_prompt]``: target captions of the seen
-combinations, each with the same scene in another value and, with ``--anchors``, with the target left unsaid) and ``OUT/eval_prompts.csv`` (``prompt,seed,group,background,color,is_target,class``:
+combinations, each with the same scene in another value and, with ``--anchors``, with the target left unsaid, or
+with ``--anchor_to VALUE``, with that value in the target's place) and ``OUT/eval_prompts.csv`` (``prompt,seed,group,background,color,is_target,class``:
 seen captions with new seeds, held-out captions, two-shape scenes and other values, on both backgrounds), readable
 by the training CLI and by ``test_cogvideo.py --prompt_file``. Targets: a colour (``red``), a shape (``triangle``),
 a direction (``left``) or a combination (``"red triangle"``).
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from ..errors import UserError, cli_entry
 from ..io_utils import atomic_write_text
-from .targets import MultiTarget, evaluation_items, multi_training_rows, parse_targets, prompt_rows, training_rows
+from .targets import (MultiTarget, check_anchor_to, evaluation_items, multi_training_rows, parse_targets, prompt_rows,
+                      training_rows)
 
 
 def _csv(rows: list[dict]) -> str:
@@ -27,13 +29,18 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_prompt_files(output_dir, target, quick: bool = False, anchors: bool = False) -> tuple[Path, Path]:
+def write_prompt_files(output_dir, target, quick: bool = False, anchors: bool = False,
+                       anchor_to: str | None = None) -> tuple[Path, Path]:
     """``(train_prompts.csv, eval_prompts.csv)`` for ``target`` (a :class:`Target`) in ``output_dir``; with
-    ``anchors`` the training file has an ``anchor_prompt`` column (the caption with the target left unsaid)."""
+    ``anchors`` the training file has an ``anchor_prompt`` column (the caption with the target left unsaid, or
+    with the value ``anchor_to`` in its place; ``anchor_to`` implies ``anchors``)."""
+    if anchor_to is not None:
+        check_anchor_to(target, anchor_to)
     out = Path(output_dir)
     train = out / "train_prompts.csv"
-    rows = multi_training_rows(target) if isinstance(target, MultiTarget) else training_rows(target)
-    if not anchors:
+    rows = (multi_training_rows(target, anchor_to) if isinstance(target, MultiTarget)
+            else training_rows(target, anchor_to=anchor_to))
+    if not anchors and anchor_to is None:
         rows = [{k: v for k, v in row.items() if k != "anchor_prompt"} for row in rows]
     atomic_write_text(train, _csv(rows))
     evaluation = out / "eval_prompts.csv"
@@ -51,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--anchors", action="store_true",
                    help="add an anchor_prompt column to train_prompts.csv: each caption with the target left unsaid "
                         "('a circle moving left ...' for red), for the trainer's anchored target")
+    p.add_argument("--anchor_to", metavar="VALUE",
+                   help="like --anchors, but the anchor names this value in the target's place ('a blue circle moving "
+                        "left ...' for red with --anchor_to blue): the eraser is told what to draw instead")
     return p.parse_args(argv)
 
 
@@ -61,7 +71,11 @@ def main(argv=None):
         target = parse_targets(args.target)
     except ValueError as err:
         raise UserError(f"--target: {err}") from None
-    for path in write_prompt_files(args.output_dir, target, args.quick, args.anchors):
+    try:
+        paths = write_prompt_files(args.output_dir, target, args.quick, args.anchors, args.anchor_to)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    for path in paths:
         print(f"wrote {path}")
 
 

@@ -143,16 +143,36 @@ def training_pairs(target: Target) -> list[tuple[str, str]]:
     return [(row["prompt"], row["preserve_prompt"]) for row in training_rows(target)]
 
 
-def _anchor_caption(values: dict, target: Target) -> str:
-    """The single-shape caption of ``values`` (with the target's values) with the target's words left unsaid."""
+def check_anchor_to(target, value: str) -> None:
+    """Refuse a named anchor value (``--anchor_to``) that cannot stand in for ``target`` (or for each concept of a
+    :class:`MultiTarget`): it must be another value of the target's own kind."""
+    for component in getattr(target, "components", (target,)):
+        if component.kind == "combination":
+            raise ValueError(f"--anchor_to names one value, but {component.name!r} fixes several attributes; "
+                             "use --anchors (the caption with the target unsaid) for a combination target")
+        values = ATTRIBUTES[component.kind]
+        if value not in values:
+            raise ValueError(f"--anchor_to {value!r} is not a {component.kind} of the world; choose one of "
+                             f"{', '.join(values)}")
+        if value == component.name:
+            raise ValueError(f"--anchor_to {value!r} is a concept being erased; name another {component.kind}")
+
+
+def _anchor_caption(values: dict, target: Target, to: str | None = None) -> str:
+    """The single-shape caption of ``values`` (with the target's values) with the target's words left unsaid, or,
+    with ``to``, with the target's value replaced by ``to`` (``a blue circle ...`` for red)."""
     values = {**values, **target.attributes}
+    if to is not None:
+        values[target.kind] = to
+        return _caption([_spec(values)], values["background"])
     return Scene((_spec(values),), values["background"]).caption(omit=tuple(target.attributes))
 
 
-def training_rows(target: Target, avoid: tuple = ()) -> list[dict]:
+def training_rows(target: Target, avoid: tuple = (), anchor_to: str | None = None) -> list[dict]:
     """The training CSV's rows for every seen combination: the target caption, its preserve prompt (the same
     scene with another value), and its anchor (the same caption with the target's words left unsaid, e.g.
-    ``a circle moving left on a gray background`` for red: the world model draws it in a random colour)."""
+    ``a circle moving left on a gray background`` for red: the world model draws it in a random colour; or, with
+    ``anchor_to``, with that value instead of the target's: ``a blue circle ...``)."""
     seen = [c for c in combinations(target) if not c["held_out"]]
     rows = []
     for k, combination in enumerate(seen):
@@ -160,15 +180,16 @@ def training_rows(target: Target, avoid: tuple = ()) -> list[dict]:
         rows.append({
             "prompt": target_caption(target, combination),
             "preserve_prompt": _caption([_spec(other)], other["background"]),
-            "anchor_prompt": _anchor_caption(combination, target),
+            "anchor_prompt": _anchor_caption(combination, target, anchor_to),
         })
     return rows
 
 
-def anchor_items(items: list, target: Target) -> list[dict]:
+def anchor_items(items: list, target: Target, anchor_to: str | None = None) -> list[dict]:
     """For each single-shape target item (``seen`` / ``unseen``), its anchor: the same scene and seed with the
-    target's words left unsaid, as the benchmark's ``--anchors`` erasers are trained to draw instead."""
-    return [{"prompt": _anchor_caption(it, target), "seed": it["seed"], "index": i}
+    target's words left unsaid (or replaced by ``anchor_to``), as the benchmark's anchored erasers are trained to
+    draw instead."""
+    return [{"prompt": _anchor_caption(it, target, anchor_to), "seed": it["seed"], "index": i}
             for i, it in enumerate(items) if it["group"] in ("seen", "unseen")]
 
 
@@ -301,12 +322,12 @@ def _multi_items(multi: MultiTarget, quick: bool) -> list[dict]:
     return items
 
 
-def multi_training_rows(multi: MultiTarget) -> list[dict]:
+def multi_training_rows(multi: MultiTarget, anchor_to: str | None = None) -> list[dict]:
     """Every component's training rows, each with its ``concept``: one eraser learns all of them."""
     rows = []
     for target in multi.components:
         avoid = tuple(t.name for t in multi.components if t is not target)  # never preserve another erased concept
-        rows += [{**row, "concept": target.name} for row in training_rows(target, avoid)]
+        rows += [{**row, "concept": target.name} for row in training_rows(target, avoid, anchor_to)]
     return rows
 
 
