@@ -1,0 +1,166 @@
+"""Where does the world model lose what a caption asks for? The pixel classifier's accuracy on ground-truth
+world videos after each stage of the pipeline, from the videos themselves to a full generation.
+
+    python -m receler.world.probe [--model_path models/world-cogvideox] [--videos 48] [--output probe.json]
+
+Stages (each on the same single-shape videos and captions):
+
+- ``truth``: the videos as the world draws them (the classifier's own ceiling);
+- ``vae``: encoded and decoded by the model's VAE (the ceiling of anything the transformer makes);
+- ``vae + noise s``: decoded from the latents plus Gaussian noise of std ``s`` (the latents have unit variance):
+  how much the decoder tolerates small errors in what the transformer hands it;
+- ``denoised from t``: the latents noised to timestep ``t`` of the inference schedule and denoised by the
+  transformer with their true caption (SDEdit): can the transformer keep what it is given, from that noise on?
+- ``generated``: rendered from pure noise with the caption, as the benchmark renders.
+
+A stage that loses an attribute the earlier ones keep is where to work: for the bundled model, shape survives
+the VAE but not denoising from low noise levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError, cli_entry, setup_logging
+from ..io_utils import atomic_write_json
+from . import model as world
+from .scenes import make_dataset
+
+logger = logging.getLogger(__name__)
+
+ATTRIBUTES = ("color", "shape", "direction")
+
+
+def accuracies(videos, captions) -> dict:
+    """Colour, shape and direction accuracy of single-shape ``videos`` against their ``captions``."""
+    scores = world.score_videos(videos, captions)
+    return {a: scores[f"{a}_accuracy"] for a in ATTRIBUTES}
+
+
+def to_model_video(videos: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, F, H, W, 3]`` -> float ``[B, 3, F, H, W]`` in [-1, 1], the VAE's input layout."""
+    return torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def encode(pipe, videos: np.ndarray) -> torch.Tensor:
+    """Scaled posterior means in the transformer's layout ``[B, F_latent, C, h, w]``, as the model was trained."""
+    mean = pipe.vae.encode(to_model_video(videos)).latent_dist.mode()
+    return mean.permute(0, 2, 1, 3, 4) * pipe.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> list[np.ndarray]:
+    """Latents ``[B, F_latent, C, h, w]`` -> uint8 videos ``[F, H, W, 3]`` (the pipeline's own decoding)."""
+    frames = pipe.vae.decode((latents / pipe.vae.config.scaling_factor).permute(0, 2, 1, 3, 4)).sample
+    frames = ((frames.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
+    return [world.to_uint8_video(v) for v in frames]
+
+
+@torch.no_grad()
+def denoise_from(pipe, latents: torch.Tensor, embeds: torch.Tensor, start: int, noise: torch.Tensor,
+                 num_inference_steps: int = world.NUM_INFERENCE_STEPS) -> torch.Tensor:
+    """Noise ``latents`` to the ``start``-th timestep of the inference schedule and denoise them with the
+    transformer (guidance 1, the pipeline's own DDIM steps). ``start=0`` is a full generation from ``noise``
+    (the schedule's first timestep has no signal left)."""
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(num_inference_steps)
+    steps = scheduler.timesteps[start:]
+    x = scheduler.add_noise(latents, noise, steps[:1].repeat(len(latents)))
+    for t in steps:
+        velocity = pipe.transformer(hidden_states=x, encoder_hidden_states=embeds, timestep=t.repeat(len(x)),
+                                    return_dict=False)[0]
+        x = scheduler.step(velocity, t, x, return_dict=False)[0]
+    return x
+
+
+@torch.no_grad()
+def embed(pipe, captions: list[str]) -> torch.Tensor:
+    embeds, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False,
+                                   max_sequence_length=pipe.transformer.config.max_text_seq_length,
+                                   device=torch.device("cpu"))
+    return embeds
+
+
+def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 0.2),
+          starts=(27, 24, 18, 12), num_inference_steps: int = world.NUM_INFERENCE_STEPS) -> list[dict]:
+    """One ``{"stage", "color", "shape", "direction"}`` per stage (see the module's docstring)."""
+    pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0)
+    captions = [caption for caption, _ in pairs]
+    videos = np.stack([video for _, video in pairs])
+    latents = encode(pipe, videos)
+    embeds = embed(pipe, captions)
+    generator = torch.Generator().manual_seed(seed)
+    rows = [{"stage": "truth", **accuracies(list(videos), captions)},
+            {"stage": "vae", **accuracies(decode(pipe, latents), captions)}]
+    for level in noise_levels:
+        noisy = latents + level * torch.randn(latents.shape, generator=generator)
+        rows.append({"stage": f"vae + noise {level:g}", **accuracies(decode(pipe, noisy), captions)})
+    noise = torch.randn(latents.shape, generator=generator)
+    pipe.scheduler.set_timesteps(num_inference_steps)
+    timesteps = [int(t) for t in pipe.scheduler.timesteps]
+    for start in starts:
+        denoised = denoise_from(pipe, latents, embeds, start, noise, num_inference_steps)
+        rows.append({"stage": f"denoised from t={timesteps[start]}",
+                     **accuracies(decode(pipe, denoised), captions)})
+        logger.info("%s", rows[-1])
+    generated = denoise_from(pipe, latents, embeds, 0, noise, num_inference_steps)
+    rows.append({"stage": "generated", **accuracies(decode(pipe, generated), captions)})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| stage | colour | shape | direction |", "|---|---|---|---|"]
+    lines += [f"| {r['stage']} | " + " | ".join(f"{100 * r[a]:.0f}%" for a in ATTRIBUTES) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m receler.world.probe", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_path", default=str(world.WORLD_MODEL_DIR), help="the world model folder")
+    p.add_argument("--videos", type=int, default=48, help="single-shape ground-truth videos to probe with")
+    p.add_argument("--seed", type=int, default=777, help="seed of the videos and of the noise")
+    p.add_argument("--starts", default="27,24,18,12",
+                   help="comma-separated indices into the 30-step schedule to denoise from (27 is the fourth-last "
+                        "step, a low noise level; 0 would be pure noise)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--output", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    args = p.parse_args(argv)
+    if args.videos < 1:
+        p.error(f"--videos must be at least 1, got {args.videos}")
+    try:
+        args.starts = [int(s) for s in args.starts.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--starts {args.starts!r}: give step indices separated by commas, e.g. 27,24,18")
+    if any(not 0 < s < world.NUM_INFERENCE_STEPS for s in args.starts):
+        p.error(f"--starts: each index must be between 1 and {world.NUM_INFERENCE_STEPS - 1}")
+    return args
+
+
+@cli_entry
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (Path(args.model_path) / "model_index.json").is_file():
+        raise UserError(f"--model_path {args.model_path} is not a world-model folder (no model_index.json)")
+    pipe = world.load_world_pipeline(args.model_path)
+    pipe.set_progress_bar_config(disable=True)
+    rows = probe(pipe, args.videos, args.seed, starts=args.starts)
+    print(table(rows))
+    if args.output:
+        atomic_write_json(args.output, {"model_path": str(args.model_path), "videos": args.videos, "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
