@@ -207,11 +207,6 @@ def world_videos(n: int, seed: int, two_shape_prob: float, chunk: int = 500):
         yield [caption for caption, _ in pairs], np.stack([video for _, video in pairs])
 
 
-def to_model_video(videos: np.ndarray) -> torch.Tensor:
-    """uint8 ``[B, F, H, W, 3]`` -> float ``[B, 3, F, H, W]`` in [-1, 1], the VAE's input layout."""
-    return torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-
-
 def build_text_encoder(args):
     """Word-level T5 tokenizer and a small random T5 encoder.
 
@@ -383,7 +378,7 @@ def train_vae(vae, args) -> dict:
 
 def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, step: int, steps: int, running, progress):
     """One VAE update on ``batch`` (uint8 videos); returns the running reconstruction loss (and logs it)."""
-    loss, rec, kl = vae_loss(vae, to_model_video(batch), args, generator)
+    loss, rec, kl = vae_loss(vae, world_model.to_model_video(batch), args, generator)
     if not torch.isfinite(loss):
         raise RuntimeError(f"VAE loss is not finite at {phase} step {step}; lower the VAE learning rate")
     optimizer.zero_grad(set_to_none=True)
@@ -420,16 +415,6 @@ def finetune_vae(vae, args) -> dict:
     return {"final_reconstruction_loss_finetune": running}
 
 
-@torch.no_grad()
-def encode_videos(vae, videos: np.ndarray, batch_size: int = 16) -> torch.Tensor:
-    """Posterior means, in the transformer's layout ``[B, F_latent, C, h, w]`` (unscaled)."""
-    latents = []
-    for start in range(0, len(videos), batch_size):
-        mean = vae.encode(to_model_video(videos[start : start + batch_size])).latent_dist.mode()
-        latents.append(mean.permute(0, 2, 1, 3, 4))
-    return torch.cat(latents)
-
-
 def encode_dataset(pipe, args):
     """Latents of ``--num_videos`` world videos and the index of each one's caption embedding.
 
@@ -443,12 +428,12 @@ def encode_dataset(pipe, args):
     chunks = world_videos(args.num_videos, seed=args.seed + 200, two_shape_prob=args.two_shape_prob)
     total = math.ceil(args.num_videos / 500)
     for chunk_captions, videos in tqdm(chunks, total=total, desc="encode videos", unit="chunk"):
-        latents.append(encode_videos(pipe.vae, videos))
+        latents.append(world_model.encode_videos(pipe.vae, videos))
         captions.extend(chunk_captions)
     captions = partial_captions(captions, args.attribute_dropout, seed=args.seed + 250)
     distinct = sorted(set(captions))
     position = {caption: i for i, caption in enumerate(distinct)}
-    caption_embeds = embed_prompts(pipe, distinct, args.text_len)
+    caption_embeds = world_model.embed_prompts(pipe, distinct, args.text_len)
     caption_index = torch.tensor([position[caption] for caption in captions])
     return torch.cat(latents), caption_index, caption_embeds
 
@@ -464,20 +449,6 @@ def partial_captions(captions: list[str], dropout: float, seed: int) -> list[str
         omit = [a for a in ("color", "shape", "direction") if rng.random() < dropout]
         out.append(scene_from_caption(caption).caption(omit=omit) if omit else caption)
     return out
-
-
-@torch.no_grad()
-def embed_prompts(pipe, prompts: list[str], text_len: int, batch_size: int = 256) -> torch.Tensor:
-    embeds = []
-    for start in range(0, len(prompts), batch_size):
-        prompt_embeds, _ = pipe.encode_prompt(
-            prompts[start : start + batch_size],
-            do_classifier_free_guidance=False,
-            max_sequence_length=text_len,
-            device=torch.device("cpu"),
-        )
-        embeds.append(prompt_embeds)
-    return torch.cat(embeds)
 
 
 def update_ema(ema, model, decay: float) -> None:
@@ -653,7 +624,7 @@ def vae_check(vae, args) -> dict:
     videos = np.stack([video for _, video in pairs])
     decoded = []
     for start in range(0, count, 16):
-        latents = vae.encode(to_model_video(videos[start : start + 16])).latent_dist.mode()
+        latents = vae.encode(world_model.to_model_video(videos[start : start + 16])).latent_dist.mode()
         decoded.append(vae.decode(latents).sample)
     frames = ((torch.cat(decoded).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
     scores = world_model.score_videos(list(frames), [caption for caption, _ in pairs])
@@ -752,7 +723,7 @@ def main(argv=None) -> dict:
     scaling_factor = float(data["scaling_factor"])
     vae.register_to_config(scaling_factor=scaling_factor)
     pipe.vae_scaling_factor_image = scaling_factor
-    empty_embed = embed_prompts(pipe, [""], args.text_len)
+    empty_embed = world_model.embed_prompts(pipe, [""], args.text_len)
     timings["encoding_s"] = time.perf_counter() - stage
     logger.info("encoded %d videos (%d distinct captions); latents %s, scaling factor %.4f", len(latents),
                 len(caption_embeds), tuple(latents.shape[1:]), scaling_factor)

@@ -69,6 +69,36 @@ def to_uint8_video(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
+def to_model_video(videos: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, F, H, W, 3]`` -> float ``[B, 3, F, H, W]`` in [-1, 1], the VAE's input layout."""
+    return torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def encode_videos(vae, videos: np.ndarray, batch_size: int = 16) -> torch.Tensor:
+    """Posterior means, in the transformer's layout ``[B, F_latent, C, h, w]`` (unscaled)."""
+    latents = []
+    for start in range(0, len(videos), batch_size):
+        mean = vae.encode(to_model_video(videos[start : start + batch_size])).latent_dist.mode()
+        latents.append(mean.permute(0, 2, 1, 3, 4))
+    return torch.cat(latents)
+
+
+@torch.no_grad()
+def embed_prompts(pipe, prompts: list[str], text_len: int, batch_size: int = 256) -> torch.Tensor:
+    """The pipeline's own prompt embeddings (no classifier-free guidance), ``text_len`` tokens each."""
+    embeds = []
+    for start in range(0, len(prompts), batch_size):
+        prompt_embeds, _ = pipe.encode_prompt(
+            prompts[start : start + batch_size],
+            do_classifier_free_guidance=False,
+            max_sequence_length=text_len,
+            device=torch.device("cpu"),
+        )
+        embeds.append(prompt_embeds)
+    return torch.cat(embeds)
+
+
 @torch.no_grad()
 def render_world(
     pipe,

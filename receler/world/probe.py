@@ -43,16 +43,9 @@ def accuracies(videos, captions) -> dict:
     return {a: scores[f"{a}_accuracy"] for a in ATTRIBUTES}
 
 
-def to_model_video(videos: np.ndarray) -> torch.Tensor:
-    """uint8 ``[B, F, H, W, 3]`` -> float ``[B, 3, F, H, W]`` in [-1, 1], the VAE's input layout."""
-    return torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-
-
-@torch.no_grad()
 def encode(pipe, videos: np.ndarray) -> torch.Tensor:
     """Scaled posterior means in the transformer's layout ``[B, F_latent, C, h, w]``, as the model was trained."""
-    mean = pipe.vae.encode(to_model_video(videos)).latent_dist.mode()
-    return mean.permute(0, 2, 1, 3, 4) * pipe.vae.config.scaling_factor
+    return world.encode_videos(pipe.vae, videos) * pipe.vae.config.scaling_factor
 
 
 @torch.no_grad()
@@ -80,12 +73,8 @@ def denoise_from(pipe, latents: torch.Tensor, embeds: torch.Tensor, start: int, 
     return x
 
 
-@torch.no_grad()
 def embed(pipe, captions: list[str]) -> torch.Tensor:
-    embeds, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False,
-                                   max_sequence_length=pipe.transformer.config.max_text_seq_length,
-                                   device=torch.device("cpu"))
-    return embeds
+    return world.embed_prompts(pipe, captions, pipe.transformer.config.max_text_seq_length)
 
 
 def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 0.2),
