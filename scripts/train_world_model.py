@@ -109,6 +109,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "lower learning rate: it sharpens shapes in the frames that share a latent with others "
                           "(a moving square's corners).")
     vae.add_argument("--vae_finetune_lr", type=float, default=3e-4, help="Peak AdamW learning rate of that phase.")
+    vae.add_argument("--vae_robust_steps", type=int, default=0,
+                     help="Steps of a phase after the fine-tune that decodes latents with Gaussian noise added (see "
+                          "--vae_robust_noise), so the encoder must keep shapes apart by more than the transformer's "
+                          "errors: without it a circle and a square of the same colour differ by ~0.16 latent "
+                          "standard deviations, about the transformer's error from low noise. 0 skips it (the bundled "
+                          "model was trained without it; 1500 is the setting measured in docs/world_benchmark.md).")
+    vae.add_argument("--vae_robust_noise", type=float, default=0.3,
+                     help="Largest noise std of that phase, in standard deviations of the batch's latents (each clip "
+                          "draws its own from 0 to this), so scaling the latents up cannot outgrow it.")
+    vae.add_argument("--vae_robust_lr", type=float, default=3e-4, help="Peak AdamW learning rate of that phase.")
     vae.add_argument("--vae_check_videos", type=int, default=96,
                      help="Single-shape videos whose VAE reconstructions the classifier scores after the VAE phases "
                           "(the ceiling of what the model can draw; in training_summary.json).")
@@ -329,10 +339,18 @@ def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: fl
     return 1.0 + extra * (distance / farthest > threshold).float()
 
 
-def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator):
-    """Weighted per-pixel MSE of a sampled reconstruction plus a small KL term (keeps latents tame)."""
+def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_noise: float = 0.0):
+    """Weighted per-pixel MSE of a sampled reconstruction plus a small KL term (keeps latents tame).
+
+    With ``latent_noise``, each clip's latents get Gaussian noise of a std drawn from [0, latent_noise] times the
+    batch's latent std before decoding."""
     posterior = vae.encode(video).latent_dist
-    reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+    latents = posterior.sample(generator=generator)
+    if latent_noise > 0:
+        scale = latent_noise * latents.std().detach()
+        level = torch.rand(len(latents), 1, 1, 1, 1, generator=generator) * scale
+        latents = latents + level * torch.randn(latents.shape, generator=generator)
+    reconstruction = vae.decode(latents).sample
     weights = foreground_weights(video, args.vae_foreground_weight)
     rec = ((reconstruction - video) ** 2 * weights).mean() / weights.mean()
     kl = posterior.kl().sum() / posterior.mean.numel()
@@ -376,9 +394,10 @@ def train_vae(vae, args) -> dict:
     return stats
 
 
-def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, step: int, steps: int, running, progress):
+def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, step: int, steps: int, running, progress,
+             latent_noise: float = 0.0):
     """One VAE update on ``batch`` (uint8 videos); returns the running reconstruction loss (and logs it)."""
-    loss, rec, kl = vae_loss(vae, world_model.to_model_video(batch), args, generator)
+    loss, rec, kl = vae_loss(vae, world_model.to_model_video(batch), args, generator, latent_noise)
     if not torch.isfinite(loss):
         raise RuntimeError(f"VAE loss is not finite at {phase} step {step}; lower the VAE learning rate")
     optimizer.zero_grad(set_to_none=True)
@@ -393,26 +412,34 @@ def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, ste
     return running
 
 
-def finetune_vae(vae, args) -> dict:
-    """The VAE's last phase: clips from a fresh pool (other videos than the first phases'), fresh optimizer, own
-    random stream, so a run resumed after the first phases ends exactly as an uninterrupted one."""
+def finetune_vae(vae, args, phase: str = "finetune") -> dict:
+    """A late VAE phase on clips from a fresh pool (other videos than the earlier phases'), with a fresh optimizer
+    and its own random stream, so a run resumed between phases ends exactly as an uninterrupted one.
+
+    ``finetune`` sharpens the reconstructions at a lower learning rate; ``robust`` trains on noisy latents
+    (``--vae_robust_noise``) so that what the decoder reads stays apart by more than the transformer's errors.
+    """
     from tqdm.auto import tqdm
 
-    _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + 102, two_shape_prob=args.two_shape_prob))
+    offset, steps, peak_lr, noise = {
+        "finetune": (102, args.vae_finetune_steps, args.vae_finetune_lr, 0.0),
+        "robust": (104, args.vae_robust_steps, args.vae_robust_lr, args.vae_robust_noise),
+    }[phase]
+    _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + offset, two_shape_prob=args.two_shape_prob))
     pool = np.concatenate(pool)
-    generator = torch.Generator().manual_seed(args.seed + 103)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_finetune_lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(args.seed + offset + 1)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=peak_lr, weight_decay=0.0)
     vae.train().requires_grad_(True)
     running = None
-    steps = args.vae_finetune_steps
-    progress = tqdm(range(steps), desc="vae (finetune)", unit="step", mininterval=5)
+    progress = tqdm(range(steps), desc=f"vae ({phase})", unit="step", mininterval=5)
     for step in progress:
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, args.vae_finetune_lr, warmup=min(20, steps))
+            group["lr"] = cosine_lr(step, steps, peak_lr, warmup=min(20, steps))
         index = torch.randint(len(pool), (args.vae_batch_size,), generator=generator).numpy()
-        running = vae_step(vae, optimizer, pool[index], args, generator, "finetune", step, steps, running, progress)
+        running = vae_step(vae, optimizer, pool[index], args, generator, phase, step, steps, running, progress,
+                           latent_noise=noise)
     vae.eval().requires_grad_(False)
-    return {"final_reconstruction_loss_finetune": running}
+    return {f"final_reconstruction_loss_{phase}": running}
 
 
 def encode_dataset(pipe, args):
@@ -617,19 +644,26 @@ def _accuracies(scores: dict) -> str:
 
 
 @torch.no_grad()
-def vae_check(vae, args) -> dict:
-    """Classifier accuracy on VAE reconstructions of single-shape world videos: the ceiling for the model."""
+def vae_check(vae, args, latent_noise: float = 0.2) -> dict:
+    """Classifier accuracy on VAE reconstructions of single-shape world videos (the ceiling for the model), and on
+    reconstructions from latents with noise of ``latent_noise`` latent standard deviations added (how much of the
+    transformer's error the decoder tolerates)."""
     count = args.vae_check_videos
     pairs = make_dataset(count, seed=args.seed + 400, two_shape_prob=0.0)
     videos = np.stack([video for _, video in pairs])
-    decoded = []
-    for start in range(0, count, 16):
-        latents = vae.encode(world_model.to_model_video(videos[start : start + 16])).latent_dist.mode()
-        decoded.append(vae.decode(latents).sample)
-    frames = ((torch.cat(decoded).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
-    scores = world_model.score_videos(list(frames), [caption for caption, _ in pairs])
-    logger.info("VAE reconstructions: %s (%d videos)", _accuracies(scores), count)
-    return {key: scores[key] for key in ACCURACY_KEYS[:4]}
+    captions = [caption for caption, _ in pairs]
+    latents = torch.cat([vae.encode(world_model.to_model_video(videos[start : start + 16])).latent_dist.mode()
+                         for start in range(0, count, 16)])
+    generator = torch.Generator().manual_seed(args.seed + 401)
+    noisy = latents + latent_noise * latents.std() * torch.randn(latents.shape, generator=generator)
+    result = {}
+    for name, code in (("clean", latents), (f"latent noise {latent_noise:g}", noisy)):
+        decoded = torch.cat([vae.decode(code[start : start + 16]).sample for start in range(0, count, 16)])
+        frames = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+        scores = world_model.score_videos(list(frames), captions)
+        logger.info("VAE reconstructions (%s): %s (%d videos)", name, _accuracies(scores), count)
+        result[name] = {key: scores[key] for key in ACCURACY_KEYS[:4]}
+    return {**result["clean"], "with_latent_noise": {f"{latent_noise:g}": result[f"latent noise {latent_noise:g}"]}}
 
 
 def save_frozen_parts(folder: Path, text_encoder, vae, phases: list, stats: dict) -> None:
@@ -691,11 +725,14 @@ def main(argv=None) -> dict:
         vae_stats, phases = train_vae(vae, args), ["frames", "clips"]
         save_frozen_parts(vae_stage, text_encoder, vae, phases, vae_stats)
     ours = args.vae_from is None or Path(args.vae_from) == vae_stage  # another model's VAE is reused as it is
-    if ours and "finetune" not in phases and args.vae_finetune_steps > 0:
-        logger.info("fine-tuning the VAE on clips: %d steps", args.vae_finetune_steps)
-        vae_stats.update(finetune_vae(vae, args))
-        phases = phases + ["finetune"]
-        save_frozen_parts(vae_stage, text_encoder, vae, phases, vae_stats)
+    late_phases = [("finetune", args.vae_finetune_steps, "fine-tuning the VAE on clips"),
+                   ("robust", args.vae_robust_steps, "training the VAE on noisy latents")]
+    for phase, steps, what in late_phases:
+        if ours and phase not in phases and steps > 0:
+            logger.info("%s: %d steps", what, steps)
+            vae_stats.update(finetune_vae(vae, args, phase))
+            phases = phases + [phase]
+            save_frozen_parts(vae_stage, text_encoder, vae, phases, vae_stats)
     vae_stats = {**vae_stats, "phases": phases, "reconstruction": vae_check(vae, args)}
     timings["vae_training_s"] = time.perf_counter() - stage
 

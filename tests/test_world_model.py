@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -171,7 +172,7 @@ TINY_ARGS = [
     "--threads", "1", "--num_videos", "8", "--vae_videos", "6", "--two_shape_prob", "0.5",
     "--text_len", "20", "--text_dim", "16", "--text_layers", "1",
     "--vae_channels", "4,4,4,4", "--latent_channels", "4", "--vae_image_steps", "2", "--vae_image_batch_size", "3",
-    "--vae_steps", "2", "--vae_batch_size", "2", "--vae_finetune_steps", "2", "--vae_check_videos", "4",
+    "--vae_steps", "2", "--vae_batch_size", "2", "--vae_finetune_steps", "2", "--vae_robust_steps", "2", "--vae_check_videos", "4",
     "--num_layers", "1", "--num_heads", "2", "--transformer_steps", "2", "--batch_size", "4", "--warmup_steps", "1",
     "--log_every", "1",
 ]
@@ -218,8 +219,10 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     for result in written["evaluation"]["by_guidance"].values():
         assert 0.0 <= result["color_accuracy"] <= 1.0
     assert {"vae_training_s", "transformer_training_s", "total_s"} <= set(written["timings"])
-    assert set(written["vae"]["reconstruction"]) == {"color_accuracy", "shape_accuracy", "direction_accuracy",
-                                                      "background_accuracy"}
+    accuracies = {"color_accuracy", "shape_accuracy", "direction_accuracy", "background_accuracy"}
+    assert set(written["vae"]["reconstruction"]) == accuracies | {"with_latent_noise"}
+    assert set(written["vae"]["reconstruction"]["with_latent_noise"]["0.2"]) == accuracies
+    assert written["vae"]["phases"] == ["frames", "clips", "finetune", "robust"]
     # No staging or backup folders are left next to the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state", "world"]
 
@@ -312,6 +315,50 @@ def test_latent_foreground_weights_mark_the_shape_and_only_the_shape():
     expected = torch.ones(2, 3, 1, 8, 8)
     expected[:, :, :, 2:4, 5:7] = 5.0
     assert torch.equal(weights, expected)
+
+
+class RecordingVAE:
+    """Encodes every video to fixed latents (a near-zero posterior std) and records what it is asked to decode."""
+
+    def __init__(self, latents):
+        self.latents, self.decoded = latents, []
+
+    def encode(self, video):
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        logvar = torch.full_like(self.latents, -30.0)
+        self.video = video
+        return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(torch.cat([self.latents, logvar], dim=1)))
+
+    def decode(self, latents):
+        self.decoded.append(latents)
+        return SimpleNamespace(sample=torch.zeros_like(self.video))
+
+
+def test_the_robust_vae_phase_decodes_latents_with_noise_relative_to_their_spread():
+    script = load_script()
+    args = SimpleNamespace(vae_foreground_weight=0.0, vae_kl_weight=0.0)
+    video = torch.rand(4, 3, 5, 8, 8) * 2 - 1
+    latents = torch.randn(4, 2, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    # No noise: the decoder gets the latents themselves and the loss is the plain MSE against a zero reconstruction.
+    vae = RecordingVAE(latents)
+    loss, rec, _ = script.vae_loss(vae, video, args, torch.Generator().manual_seed(1))
+    assert torch.allclose(vae.decoded[0], latents, atol=1e-5)
+    assert rec.item() == pytest.approx((video**2).mean().item(), rel=1e-6)
+
+    # With noise, each clip's added noise has a std of at most latent_noise x the batch's latent std, and some
+    # clip gets a sizeable share of it; scaling the latents up scales the noise with them (same random draws).
+    added = {}
+    for scale in (1.0, 10.0):
+        vae = RecordingVAE(latents * scale)
+        script.vae_loss(vae, video, args, torch.Generator().manual_seed(1), latent_noise=0.3)
+        added[scale] = vae.decoded[0] - latents * scale
+    per_clip = added[1.0].flatten(1).std(dim=1) / latents.std()
+    assert per_clip.max() <= 0.3 * 1.2  # a sample's std scatters around the drawn level
+    assert per_clip.max() > 0.05
+    assert len(set(per_clip.tolist())) == 4  # each clip draws its own level
+    assert torch.allclose(added[10.0], 10 * added[1.0], atol=1e-3)
 
 
 @requires_bundled_model
