@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import CogVideoXPipeline
+from PIL import Image
 from safetensors import safe_open
 
 from receler.world import classify_video, evaluation_prompts, make_dataset
@@ -386,8 +387,16 @@ def test_the_probe_denoises_exactly_as_the_pipeline_generates(bundled_pipe):
 def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_path):
     from receler.world.probe import main
 
-    out = tmp_path / "probe.json"
-    rows = main(["--videos", "6", "--starts", "28", "--output", str(out)])
+    out, picture = tmp_path / "probe.json", tmp_path / "probe.png"
+    rows = main(["--videos", "6", "--starts", "28", "--output", str(out), "--picture", str(picture)])
     assert [r["stage"] for r in rows][:2] == ["truth", "vae"] and rows[-1]["stage"] == "generated"
     assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0}  # ground truth reads right
     assert json.loads(out.read_text())["rows"] == rows
+
+    # The picture: a row of 64 px tiles (2 px apart) per stage, one tile per video; the first tile of the first row
+    # is the middle frame of the first ground-truth video.
+    image = np.asarray(Image.open(picture).convert("RGB"))
+    assert image.shape[0] == len(rows) * 66 + 2
+    label_width = image.shape[1] - 6 * 66 - 2
+    truth = make_dataset(6, seed=777, two_shape_prob=0.0)[0][1]
+    assert np.array_equal(image[2:66, label_width + 2 : label_width + 66], truth[len(truth) // 2])

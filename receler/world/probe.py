@@ -29,6 +29,7 @@ import torch
 
 from ..errors import UserError, cli_entry, setup_logging
 from ..io_utils import atomic_write_json
+from ..media import frame_grid, save_png
 from . import model as world
 from .scenes import make_dataset
 
@@ -78,29 +79,37 @@ def embed(pipe, captions: list[str]) -> torch.Tensor:
 
 
 def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 0.2),
-          starts=(27, 24, 18, 12), num_inference_steps: int = world.NUM_INFERENCE_STEPS) -> list[dict]:
-    """One ``{"stage", "color", "shape", "direction"}`` per stage (see the module's docstring)."""
+          starts=(27, 24, 18, 12), num_inference_steps: int = world.NUM_INFERENCE_STEPS,
+          pictures: dict | None = None) -> list[dict]:
+    """One ``{"stage", "color", "shape", "direction"}`` per stage (see the module's docstring).
+
+    ``pictures``, when given, is filled with each stage's videos (stage name -> list of uint8 ``[F, H, W, 3]``).
+    """
     pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0)
     captions = [caption for caption, _ in pairs]
     videos = np.stack([video for _, video in pairs])
     latents = encode(pipe, videos)
     embeds = embed(pipe, captions)
     generator = torch.Generator().manual_seed(seed)
-    rows = [{"stage": "truth", **accuracies(list(videos), captions)},
-            {"stage": "vae", **accuracies(decode(pipe, latents), captions)}]
+    pictures = {} if pictures is None else pictures
+
+    def stage(name: str, decoded: list) -> dict:
+        pictures[name] = decoded
+        return {"stage": name, **accuracies(decoded, captions)}
+
+    rows = [stage("truth", list(videos)), stage("vae", decode(pipe, latents))]
     for level in noise_levels:
         noisy = latents + level * torch.randn(latents.shape, generator=generator)
-        rows.append({"stage": f"vae + noise {level:g}", **accuracies(decode(pipe, noisy), captions)})
+        rows.append(stage(f"vae + noise {level:g}", decode(pipe, noisy)))
     noise = torch.randn(latents.shape, generator=generator)
     pipe.scheduler.set_timesteps(num_inference_steps)
     timesteps = [int(t) for t in pipe.scheduler.timesteps]
     for start in starts:
         denoised = denoise_from(pipe, latents, embeds, start, noise, num_inference_steps)
-        rows.append({"stage": f"denoised from t={timesteps[start]}",
-                     **accuracies(decode(pipe, denoised), captions)})
+        rows.append(stage(f"denoised from t={timesteps[start]}", decode(pipe, denoised)))
         logger.info("%s", rows[-1])
     generated = denoise_from(pipe, latents, embeds, 0, noise, num_inference_steps)
-    rows.append({"stage": "generated", **accuracies(decode(pipe, generated), captions)})
+    rows.append(stage("generated", decode(pipe, generated)))
     return rows
 
 
@@ -108,6 +117,12 @@ def table(rows: list[dict]) -> str:
     lines = ["| stage | colour | shape | direction |", "|---|---|---|---|"]
     lines += [f"| {r['stage']} | " + " | ".join(f"{100 * r[a]:.0f}%" for a in ATTRIBUTES) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def picture(pictures: dict, count: int = 12):
+    """One image: a row per stage, the middle frame of each of the first ``count`` videos."""
+    rows = [(name, np.stack([video[len(video) // 2] for video in videos[:count]])) for name, videos in pictures.items()]
+    return frame_grid(rows, max_frames=count)
 
 
 def parse_args(argv=None):
@@ -121,6 +136,9 @@ def parse_args(argv=None):
                         "step, a low noise level; 0 would be pure noise)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--output", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--picture", default=None,
+                   help="also save a PNG with a row per stage: the middle frame of the first 12 videos, so you can "
+                        "see what each stage draws")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     if args.videos < 1:
@@ -144,8 +162,11 @@ def main(argv=None):
         raise UserError(f"--model_path {args.model_path} is not a world-model folder (no model_index.json)")
     pipe = world.load_world_pipeline(args.model_path)
     pipe.set_progress_bar_config(disable=True)
-    rows = probe(pipe, args.videos, args.seed, starts=args.starts)
+    pictures = {}
+    rows = probe(pipe, args.videos, args.seed, starts=args.starts, pictures=pictures)
     print(table(rows))
+    if args.picture:
+        save_png(picture(pictures), args.picture)
     if args.output:
         atomic_write_json(args.output, {"model_path": str(args.model_path), "videos": args.videos, "rows": rows})
     return rows
