@@ -391,7 +391,14 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     rows = main(["--videos", "6", "--starts", "28", "--output", str(out), "--picture", str(picture)])
     assert [r["stage"] for r in rows][:2] == ["truth", "vae"] and rows[-1]["stage"] == "generated"
     assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0}  # ground truth reads right
-    assert json.loads(out.read_text())["rows"] == rows
+    written = json.loads(out.read_text())
+    assert written["rows"] == rows
+
+    # A circle and a square differ in their corners (1 - pi/4 = 21% of the box), a triangle from either in at
+    # least 29% of it, so the circle / square pair is the closest in any code that keeps the shapes.
+    distances = written["shape_distances"]
+    assert set(distances) == {"circle / square", "circle / triangle", "square / triangle"}
+    assert 0 < distances["circle / square"] < min(distances["circle / triangle"], distances["square / triangle"])
 
     # The picture: a row of 64 px tiles (2 px apart) per stage, one tile per video; the first tile of the first row
     # is the middle frame of the first ground-truth video.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from ..errors import UserError, cli_entry, setup_logging
 from ..io_utils import atomic_write_json
 from ..media import frame_grid, save_png
 from . import model as world
-from .scenes import make_dataset
+from .scenes import SHAPES, make_dataset, render_video, scene_from_caption
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,29 @@ def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 
     return rows
 
 
+@torch.no_grad()
+def shape_distances(pipe, num_videos: int = 48, seed: int = 777) -> dict[str, float]:
+    """How far apart the shapes are in the latents the transformer learns: the same single-shape scenes (colour,
+    motion, path, background) drawn as each shape, encoded, and the RMS difference of each pair's latents at the
+    positions the shape covers, in units of the latents' spread (the pipeline's scaled latents have unit std).
+
+    A transformer error of that size turns one shape into the other, so small distances make shape hard to learn.
+    """
+    scenes = [scene_from_caption(caption) for caption, _ in make_dataset(num_videos, seed=seed, two_shape_prob=0.0)]
+    latents = {}
+    for shape in SHAPES:
+        # One seed per scene: every shape follows the same path.
+        videos = [render_video(replace(scene, shapes=[replace(scene.shapes[0], shape=shape)]), seed=index)
+                  for index, scene in enumerate(scenes)]
+        latents[shape] = encode(pipe, np.stack(videos))
+    # The shape's positions: far from the frame's median latent (the flat background), as in training's weights.
+    reference = latents[SHAPES[0]]
+    distance = (reference - reference.flatten(-2).median(dim=-1).values[..., None, None]).norm(dim=2, keepdim=True)
+    where = (distance / distance.flatten(-2).amax(dim=-1)[..., None, None].clamp_min(1e-6) > 0.3).expand_as(reference)
+    return {f"{a} / {b}": float((latents[a] - latents[b])[where].pow(2).mean().sqrt())
+            for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]}
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| stage | colour | shape | direction |", "|---|---|---|---|"]
     lines += [f"| {r['stage']} | " + " | ".join(f"{100 * r[a]:.0f}%" for a in ATTRIBUTES) + " |" for r in rows]
@@ -165,10 +189,14 @@ def main(argv=None):
     pictures = {}
     rows = probe(pipe, args.videos, args.seed, starts=args.starts, pictures=pictures)
     print(table(rows))
+    distances = shape_distances(pipe, args.videos, args.seed)
+    print("\nlatent distance between shapes (RMS at the shape's positions, in latent stds): "
+          + ", ".join(f"{pair} {value:.2f}" for pair, value in distances.items()))
     if args.picture:
         save_png(picture(pictures), args.picture)
     if args.output:
-        atomic_write_json(args.output, {"model_path": str(args.model_path), "videos": args.videos, "rows": rows})
+        atomic_write_json(args.output, {"model_path": str(args.model_path), "videos": args.videos, "rows": rows,
+                                        "shape_distances": distances})
     return rows
 
 
