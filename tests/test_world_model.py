@@ -389,6 +389,10 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
 
     out, picture = tmp_path / "probe.json", tmp_path / "probe.png"
     rows = main(["--videos", "6", "--starts", "28", "--output", str(out), "--picture", str(picture)])
+    # Gaussian noise of std s added to the latents is s away from them (RMS), wherever one looks.
+    for row in rows:
+        if row["stage"].startswith("vae + noise"):
+            assert row["latent_error"] == pytest.approx(float(row["stage"].split()[-1]), rel=0.15)
     assert [r["stage"] for r in rows][:2] == ["truth", "vae"] and rows[-1]["stage"] == "generated"
     assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0}  # ground truth reads right
     written = json.loads(out.read_text())

@@ -82,7 +82,9 @@ def embed(pipe, captions: list[str]) -> torch.Tensor:
 def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 0.2),
           starts=(27, 24, 18, 12), num_inference_steps: int = world.NUM_INFERENCE_STEPS,
           pictures: dict | None = None) -> list[dict]:
-    """One ``{"stage", "color", "shape", "direction"}`` per stage (see the module's docstring).
+    """One ``{"stage", "color", "shape", "direction"}`` per stage (see the module's docstring), with
+    ``latent_error`` for the stages that decode changed latents: their RMS distance from the true latents at the
+    shape's positions, in latent standard deviations.
 
     ``pictures``, when given, is filled with each stage's videos (stage name -> list of uint8 ``[F, H, W, 3]``).
     """
@@ -94,24 +96,36 @@ def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 
     generator = torch.Generator().manual_seed(seed)
     pictures = {} if pictures is None else pictures
 
-    def stage(name: str, decoded: list) -> dict:
+    where = shape_positions(latents)
+
+    def stage(name: str, decoded: list, changed: torch.Tensor | None = None) -> dict:
         pictures[name] = decoded
-        return {"stage": name, **accuracies(decoded, captions)}
+        row = {"stage": name, **accuracies(decoded, captions)}
+        if changed is not None:  # how far the latents this stage decoded are from the true ones, where the shape is
+            row["latent_error"] = float((changed - latents)[where].pow(2).mean().sqrt())
+        return row
 
     rows = [stage("truth", list(videos)), stage("vae", decode(pipe, latents))]
     for level in noise_levels:
         noisy = latents + level * torch.randn(latents.shape, generator=generator)
-        rows.append(stage(f"vae + noise {level:g}", decode(pipe, noisy)))
+        rows.append(stage(f"vae + noise {level:g}", decode(pipe, noisy), noisy))
     noise = torch.randn(latents.shape, generator=generator)
     pipe.scheduler.set_timesteps(num_inference_steps)
     timesteps = [int(t) for t in pipe.scheduler.timesteps]
     for start in starts:
         denoised = denoise_from(pipe, latents, embeds, start, noise, num_inference_steps)
-        rows.append(stage(f"denoised from t={timesteps[start]}", decode(pipe, denoised)))
+        rows.append(stage(f"denoised from t={timesteps[start]}", decode(pipe, denoised), denoised))
         logger.info("%s", rows[-1])
     generated = denoise_from(pipe, latents, embeds, 0, noise, num_inference_steps)
     rows.append(stage("generated", decode(pipe, generated)))
     return rows
+
+
+def shape_positions(latents: torch.Tensor) -> torch.Tensor:
+    """Boolean mask like ``latents`` ``[B, F, C, h, w]``: the positions that hold a shape, i.e. far from the frame's
+    median latent (the flat background) relative to the farthest position (as the training script's weights)."""
+    distance = (latents - latents.flatten(-2).median(dim=-1).values[..., None, None]).norm(dim=2, keepdim=True)
+    return (distance / distance.flatten(-2).amax(dim=-1)[..., None, None].clamp_min(1e-6) > 0.3).expand_as(latents)
 
 
 @torch.no_grad()
@@ -129,17 +143,16 @@ def shape_distances(pipe, num_videos: int = 48, seed: int = 777) -> dict[str, fl
         videos = [render_video(replace(scene, shapes=[replace(scene.shapes[0], shape=shape)]), seed=index)
                   for index, scene in enumerate(scenes)]
         latents[shape] = encode(pipe, np.stack(videos))
-    # The shape's positions: far from the frame's median latent (the flat background), as in training's weights.
-    reference = latents[SHAPES[0]]
-    distance = (reference - reference.flatten(-2).median(dim=-1).values[..., None, None]).norm(dim=2, keepdim=True)
-    where = (distance / distance.flatten(-2).amax(dim=-1)[..., None, None].clamp_min(1e-6) > 0.3).expand_as(reference)
+    where = shape_positions(latents[SHAPES[0]])
     return {f"{a} / {b}": float((latents[a] - latents[b])[where].pow(2).mean().sqrt())
             for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stage | colour | shape | direction |", "|---|---|---|---|"]
-    lines += [f"| {r['stage']} | " + " | ".join(f"{100 * r[a]:.0f}%" for a in ATTRIBUTES) + " |" for r in rows]
+    lines = ["| stage | colour | shape | direction | latent error at the shape |", "|---|---|---|---|---|"]
+    for r in rows:
+        error = f"{r['latent_error']:.2f}" if "latent_error" in r else "-"
+        lines.append(f"| {r['stage']} | " + " | ".join(f"{100 * r[a]:.0f}%" for a in ATTRIBUTES) + f" | {error} |")
     return "\n".join(lines)
 
 
