@@ -328,15 +328,9 @@ def foreground_weights(video: torch.Tensor, extra: float) -> torch.Tensor:
 
 
 def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: float) -> torch.Tensor:
-    """Loss weights ``[B, F, 1, H, W]`` for latents ``[B, F, C, H, W]``: ``1 + extra`` on shapes, 1 elsewhere.
-
-    A flat background encodes to nearly the same latent everywhere, so the frame's median latent stands
-    for it and positions far from it (relative to the farthest one) hold a shape.
-    """
-    median = latents.flatten(-2).median(dim=-1).values[..., None, None]
-    distance = (latents - median).norm(dim=2, keepdim=True)
-    farthest = distance.flatten(-2).amax(dim=-1)[..., None, None].clamp_min(1e-6)
-    return 1.0 + extra * (distance / farthest > threshold).float()
+    """Loss weights ``[B, F, 1, H, W]`` for latents ``[B, F, C, H, W]``: ``1 + extra`` where they hold a shape (see
+    :func:`receler.world.model.shape_positions`), 1 elsewhere."""
+    return 1.0 + extra * world_model.shape_positions(latents, threshold).float()
 
 
 def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_noise: float = 0.0):

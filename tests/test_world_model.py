@@ -173,7 +173,8 @@ TINY_ARGS = [
     "--threads", "1", "--num_videos", "8", "--vae_videos", "6", "--two_shape_prob", "0.5",
     "--text_len", "20", "--text_dim", "16", "--text_layers", "1",
     "--vae_channels", "4,4,4,4", "--latent_channels", "4", "--vae_image_steps", "2", "--vae_image_batch_size", "3",
-    "--vae_steps", "2", "--vae_batch_size", "2", "--vae_finetune_steps", "2", "--vae_robust_steps", "2", "--vae_check_videos", "4",
+    "--vae_steps", "2", "--vae_batch_size", "2", "--vae_finetune_steps", "2", "--vae_robust_steps", "2",
+    "--vae_check_videos", "4",
     "--num_layers", "1", "--num_heads", "2", "--transformer_steps", "2", "--batch_size", "4", "--warmup_steps", "1",
     "--log_every", "1",
 ]

@@ -74,6 +74,18 @@ def to_model_video(videos: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
+def shape_positions(latents: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
+    """Boolean ``[B, F, 1, h, w]`` for latents ``[B, F, C, h, w]``: the positions that hold a shape.
+
+    A flat background encodes to nearly the same latent everywhere, so the frame's median latent stands for it and
+    positions far from it (above ``threshold`` of the frame's largest distance; 0.3 marks ~19% of them) hold a shape.
+    """
+    median = latents.flatten(-2).median(dim=-1).values[..., None, None]
+    distance = (latents - median).norm(dim=2, keepdim=True)
+    farthest = distance.flatten(-2).amax(dim=-1)[..., None, None].clamp_min(1e-6)
+    return distance / farthest > threshold
+
+
 @torch.no_grad()
 def encode_videos(vae, videos: np.ndarray, batch_size: int = 16) -> torch.Tensor:
     """Posterior means, in the transformer's layout ``[B, F_latent, C, h, w]`` (unscaled)."""

@@ -96,7 +96,7 @@ def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 
     generator = torch.Generator().manual_seed(seed)
     pictures = {} if pictures is None else pictures
 
-    where = shape_positions(latents)
+    where = world.shape_positions(latents).expand_as(latents)
 
     def stage(name: str, decoded: list, changed: torch.Tensor | None = None) -> dict:
         pictures[name] = decoded
@@ -121,13 +121,6 @@ def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 
     return rows
 
 
-def shape_positions(latents: torch.Tensor) -> torch.Tensor:
-    """Boolean mask like ``latents`` ``[B, F, C, h, w]``: the positions that hold a shape, i.e. far from the frame's
-    median latent (the flat background) relative to the farthest position (as the training script's weights)."""
-    distance = (latents - latents.flatten(-2).median(dim=-1).values[..., None, None]).norm(dim=2, keepdim=True)
-    return (distance / distance.flatten(-2).amax(dim=-1)[..., None, None].clamp_min(1e-6) > 0.3).expand_as(latents)
-
-
 @torch.no_grad()
 def shape_distances(pipe, num_videos: int = 48, seed: int = 777) -> dict[str, float]:
     """How far apart the shapes are in the latents the transformer learns: the same single-shape scenes (colour,
@@ -143,7 +136,7 @@ def shape_distances(pipe, num_videos: int = 48, seed: int = 777) -> dict[str, fl
         videos = [render_video(replace(scene, shapes=[replace(scene.shapes[0], shape=shape)]), seed=index)
                   for index, scene in enumerate(scenes)]
         latents[shape] = encode(pipe, np.stack(videos))
-    where = shape_positions(latents[SHAPES[0]])
+    where = world.shape_positions(latents[SHAPES[0]]).expand_as(latents[SHAPES[0]])
     return {f"{a} / {b}": float((latents[a] - latents[b])[where].pow(2).mean().sqrt())
             for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]}
 
