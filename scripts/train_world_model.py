@@ -646,8 +646,7 @@ def vae_check(vae, args, latent_noise: float = 0.2) -> dict:
     pairs = make_dataset(count, seed=args.seed + 400, two_shape_prob=0.0)
     videos = np.stack([video for _, video in pairs])
     captions = [caption for caption, _ in pairs]
-    latents = torch.cat([vae.encode(world_model.to_model_video(videos[start : start + 16])).latent_dist.mode()
-                         for start in range(0, count, 16)])
+    latents = world_model.encode_videos(vae, videos).permute(0, 2, 1, 3, 4)  # back to the VAE's [B, C, F, h, w]
     generator = torch.Generator().manual_seed(args.seed + 401)
     noisy = latents + latent_noise * latents.std() * torch.randn(latents.shape, generator=generator)
     result = {}
