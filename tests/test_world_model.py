@@ -384,6 +384,37 @@ def test_the_probe_denoises_exactly_as_the_pipeline_generates(bundled_pipe):
     assert (late - latents).pow(2).mean() < 0.1 * latents.pow(2).mean()
 
 
+def test_the_probes_one_step_estimate_inverts_the_velocity_and_matches_the_scheduler():
+    """``predict_clean`` turns the transformer's velocity into clean latents: handed the true velocity it returns
+    the latents exactly, and for any velocity it agrees with the estimate diffusers' own DDIM step reports."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    from receler.families.cogvideox import SCHEDULER_2B
+    from receler.world import probe
+
+    scheduler = CogVideoXDDIMScheduler(**SCHEDULER_2B)
+    generator = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(2, 3, 4, 4, 4, generator=generator), torch.randn(2, 3, 4, 4, 4, generator=generator)
+    timestep = 99
+    seen = []
+
+    def oracle(hidden_states, encoder_hidden_states, timestep, return_dict):
+        seen.append(timestep)
+        return (scheduler.get_velocity(latents, noise, timestep),)
+
+    pipe = SimpleNamespace(scheduler=scheduler, transformer=oracle)
+    estimate = probe.predict_clean(pipe, latents, None, timestep, noise)
+    torch.testing.assert_close(estimate, latents, atol=1e-5, rtol=1e-5)
+    assert seen[0].tolist() == [timestep, timestep]
+
+    guess = torch.randn(latents.shape, generator=generator)
+    pipe.transformer = lambda **kwargs: (guess,)
+    scheduler.set_timesteps(30)
+    noisy = scheduler.add_noise(latents, noise, torch.tensor([timestep]))
+    theirs = scheduler.step(guess, timestep, noisy).pred_original_sample
+    torch.testing.assert_close(probe.predict_clean(pipe, latents, None, timestep, noise), theirs)
+
+
 @requires_bundled_model
 def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_path):
     from receler.world.probe import main
@@ -395,6 +426,11 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
         if row["stage"].startswith("vae + noise"):
             assert row["latent_error"] == pytest.approx(float(row["stage"].split()[-1]), rel=0.15)
     assert [r["stage"] for r in rows][:2] == ["truth", "vae"] and rows[-1]["stage"] == "generated"
+    stages = [r["stage"] for r in rows]
+    schedule = world_model.load_world_pipeline().scheduler
+    schedule.set_timesteps(30)
+    for index in (29, 27):  # the default --predict_at
+        assert f"predicted from t={int(schedule.timesteps[index])}" in stages
     assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0}  # ground truth reads right
     written = json.loads(out.read_text())
     assert written["rows"] == rows

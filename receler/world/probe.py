@@ -9,6 +9,10 @@ Stages (each on the same single-shape videos and captions):
 - ``vae``: encoded and decoded by the model's VAE (the ceiling of anything the transformer makes);
 - ``vae + noise s``: decoded from the latents plus Gaussian noise of std ``s`` (the latents have unit variance):
   how much the decoder tolerates small errors in what the transformer hands it;
+- ``predicted from t``: the transformer's one-step estimate of the clean latents from the true latents noised to
+  timestep ``t`` (the last step of a generation decodes exactly such an estimate, from t=32 of the 30-step
+  schedule): compared with ``vae + noise`` at a similar level, does the transformer's own estimate keep more of
+  the shape than the noisy latents it was handed?
 - ``denoised from t``: the latents noised to timestep ``t`` of the inference schedule and denoised by the
   transformer with their true caption (SDEdit): can the transformer keep what it is given, from that noise on?
 - ``generated``: rendered from pure noise with the caption, as the benchmark renders.
@@ -75,17 +79,30 @@ def denoise_from(pipe, latents: torch.Tensor, embeds: torch.Tensor, start: int, 
     return x
 
 
+@torch.no_grad()
+def predict_clean(pipe, latents: torch.Tensor, embeds: torch.Tensor, timestep: int, noise: torch.Tensor):
+    """The transformer's estimate of ``latents`` from one look at them noised to ``timestep`` (guidance 1): the
+    v-prediction turned into clean latents, as the scheduler does on every step."""
+    scheduler = pipe.scheduler
+    t = torch.full((len(latents),), timestep)
+    noisy = scheduler.add_noise(latents, noise, t)
+    velocity = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, timestep=t, return_dict=False)[0]
+    signal = scheduler.alphas_cumprod[timestep]
+    return signal.sqrt() * noisy - (1 - signal).sqrt() * velocity
+
+
 def embed(pipe, captions: list[str]) -> torch.Tensor:
     return world.embed_prompts(pipe, captions, pipe.transformer.config.max_text_seq_length)
 
 
 def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 0.2),
-          starts=(27, 24, 18, 12), num_inference_steps: int = world.NUM_INFERENCE_STEPS,
+          starts=(27, 24, 18, 12), predict_at=(29, 27), num_inference_steps: int = world.NUM_INFERENCE_STEPS,
           pictures: dict | None = None) -> list[dict]:
     """One ``{"stage", "color", "shape", "direction"}`` per stage (see the module's docstring), with
     ``latent_error`` for the stages that decode changed latents: their RMS distance from the true latents at the
     shape's positions, in latent standard deviations.
 
+    ``starts`` and ``predict_at`` are indices into the ``num_inference_steps`` schedule.
     ``pictures``, when given, is filled with each stage's videos (stage name -> list of uint8 ``[F, H, W, 3]``).
     """
     pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0)
@@ -112,6 +129,9 @@ def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 
     noise = torch.randn(latents.shape, generator=generator)
     pipe.scheduler.set_timesteps(num_inference_steps)
     timesteps = [int(t) for t in pipe.scheduler.timesteps]
+    for index in predict_at:
+        predicted = predict_clean(pipe, latents, embeds, timesteps[index], noise)
+        rows.append(stage(f"predicted from t={timesteps[index]}", decode(pipe, predicted), predicted))
     for start in starts:
         denoised = denoise_from(pipe, latents, embeds, start, noise, num_inference_steps)
         rows.append(stage(f"denoised from t={timesteps[start]}", decode(pipe, denoised), denoised))
@@ -164,6 +184,9 @@ def parse_args(argv=None):
     p.add_argument("--starts", default="27,24,18,12",
                    help="comma-separated indices into the 30-step schedule to denoise from (27 is the fourth-last "
                         "step, a low noise level; 0 would be pure noise)")
+    p.add_argument("--predict_at", default="29,27",
+                   help="comma-separated indices into the 30-step schedule at which to decode the transformer's "
+                        "one-step estimate of the clean latents (29 is the last step, the one a generation decodes)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--output", default=None, help="also write the rows to this JSON file")
     p.add_argument("--picture", default=None,
@@ -173,12 +196,14 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.videos < 1:
         p.error(f"--videos must be at least 1, got {args.videos}")
-    try:
-        args.starts = [int(s) for s in args.starts.split(",") if s.strip()]
-    except ValueError:
-        p.error(f"--starts {args.starts!r}: give step indices separated by commas, e.g. 27,24,18")
-    if any(not 0 < s < world.NUM_INFERENCE_STEPS for s in args.starts):
-        p.error(f"--starts: each index must be between 1 and {world.NUM_INFERENCE_STEPS - 1}")
+    for flag in ("starts", "predict_at"):
+        text = getattr(args, flag)
+        try:
+            setattr(args, flag, [int(s) for s in text.split(",") if s.strip()])
+        except ValueError:
+            p.error(f"--{flag} {text!r}: give step indices separated by commas, e.g. 27,24,18")
+        if any(not 0 < s < world.NUM_INFERENCE_STEPS for s in getattr(args, flag)):
+            p.error(f"--{flag}: each index must be between 1 and {world.NUM_INFERENCE_STEPS - 1}")
     return args
 
 
@@ -193,7 +218,7 @@ def main(argv=None):
     pipe = world.load_world_pipeline(args.model_path)
     pipe.set_progress_bar_config(disable=True)
     pictures = {}
-    rows = probe(pipe, args.videos, args.seed, starts=args.starts, pictures=pictures)
+    rows = probe(pipe, args.videos, args.seed, starts=args.starts, predict_at=args.predict_at, pictures=pictures)
     print(table(rows))
     distances = shape_distances(pipe, args.videos, args.seed)
     print("\nlatent distance between shapes (RMS at the shape's positions, in latent stds): "
