@@ -415,6 +415,31 @@ def test_the_probes_one_step_estimate_inverts_the_velocity_and_matches_the_sched
     torch.testing.assert_close(probe.predict_clean(pipe, latents, None, timestep, noise), theirs)
 
 
+def test_swap_shape_names_the_next_shape_and_nothing_else():
+    from receler.world.probe import swap_shape
+
+    assert swap_shape("a red circle moving left on a gray background") == "a red square moving left on a gray background"
+    assert swap_shape("a blue triangle moving up on a black background") == "a blue circle moving up on a black background"
+    assert swap_shape("a cyan square moving right and a red triangle moving down on a gray background") == (
+        "a cyan triangle moving right and a red circle moving down on a gray background")
+
+
+@requires_bundled_model
+def test_shape_word_influence_is_zero_for_a_transformer_deaf_to_the_caption(bundled_pipe, monkeypatch):
+    from receler.world.probe import shape_word_influence
+
+    heard = shape_word_influence(bundled_pipe, num_videos=6, starts=(29, 6))
+    assert list(heard) == [32, 799]
+    assert heard[799] > 0.02  # at high noise the caption is all the model has to go on
+
+    transformer = bundled_pipe.transformer
+    forward = transformer.forward
+    monkeypatch.setattr(transformer, "forward", lambda encoder_hidden_states, **kwargs: forward(
+        encoder_hidden_states=torch.zeros_like(encoder_hidden_states), **kwargs))
+    deaf = shape_word_influence(bundled_pipe, num_videos=6, starts=(29, 6))
+    assert deaf == {32: 0.0, 799: 0.0}
+
+
 @requires_bundled_model
 def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_path):
     from receler.world.probe import main
@@ -434,6 +459,7 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0}  # ground truth reads right
     written = json.loads(out.read_text())
     assert written["rows"] == rows
+    assert set(written["shape_word_influence"]) == {str(int(schedule.timesteps[i])) for i in (29, 27, 24, 18, 12, 6)}
 
     # A circle and a square differ in their corners (1 - pi/4 = 21% of the box), a triangle from either in at
     # least 29% of it, so the circle / square pair is the closest in any code that keeps the shapes.
