@@ -149,6 +149,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="Extra loss weight on latent positions that hold a shape (see --latent_foreground_threshold): "
                          "shapes fill ~10%% of a frame, so a plain loss lets the model draw blobs; 0 keeps the plain "
                          "loss.")
+    tr.add_argument("--snr_shift_scale", type=float, default=3.0,
+                    help="Shifts the noise schedule towards noise: the signal-to-noise ratio of every timestep is "
+                         "divided by this before the schedule is rescaled to end with no signal. Saved with the "
+                         "model's scheduler, so training and sampling agree. 3.0 is CogVideoX-2b's value, tuned for "
+                         "large latents; 1.0 is the plain schedule, which keeps more signal at each step.")
     tr.add_argument("--latent_foreground_threshold", type=float, default=0.3,
                     help="A latent position is foreground where its distance from the frame's median latent is above "
                          "this fraction of the frame's largest distance (0.3 marks ~19%% of positions).")
@@ -199,6 +204,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"{args.latent_foreground_weight} and {args.latent_foreground_threshold}")
     if not 0.0 <= args.attribute_dropout < 1.0:
         raise UserError(f"--attribute_dropout must be in [0, 1), got {args.attribute_dropout}")
+    if not args.snr_shift_scale > 0:
+        raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
 
 
@@ -307,6 +314,15 @@ def build_transformer(args, text_dim: int, spatial_scale: int):
         max_text_seq_length=args.text_len,
         use_rotary_positional_embeddings=False,  # CogVideoX-2b layout: sincos positions
     )
+
+
+def build_scheduler(args):
+    """CogVideoX-2b's DDIM scheduler with ``--snr_shift_scale``."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    from receler.tiny.cogvideox import SCHEDULER_2B
+
+    return CogVideoXDDIMScheduler(**{**SCHEDULER_2B, "snr_shift_scale": args.snr_shift_scale})
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
@@ -502,6 +518,9 @@ def train_transformer(
             ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        if state.get("snr_shift_scale", 3.0) != args.snr_shift_scale:
+            raise UserError(f"{state_file} was trained with --snr_shift_scale {state.get('snr_shift_scale', 3.0)}, "
+                            f"not {args.snr_shift_scale}: pass that value, or a new --state_dir to start over")
         running, first_step, history = state["running"], state["step"], state["history"]
         logger.info("resumed the transformer from %s at step %d", state_file, first_step)
     transformer.train()
@@ -549,7 +568,7 @@ def train_transformer(
         if state_file is not None and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
             state = {"transformer": transformer.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "running": running,
-                     "step": step + 1, "history": history}
+                     "step": step + 1, "history": history, "snr_shift_scale": args.snr_shift_scale}
             atomic_write(state_file, lambda tmp: torch.save(state, tmp))
     transformer.eval()
     final = ema if ema is not None else transformer
@@ -688,9 +707,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logging(args.verbose)
     torch.set_num_threads(args.threads)
-    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline
-
-    from receler.tiny.cogvideox import SCHEDULER_2B
+    from diffusers import CogVideoXPipeline
 
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir)
@@ -731,7 +748,7 @@ def main(argv=None) -> dict:
 
     spatial_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     transformer = build_transformer(args, text_dim=text_encoder.config.d_model, spatial_scale=spatial_scale)
-    scheduler = CogVideoXDDIMScheduler(**SCHEDULER_2B)
+    scheduler = build_scheduler(args)
     pipe = CogVideoXPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
     )

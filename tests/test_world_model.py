@@ -18,6 +18,7 @@ from diffusers import CogVideoXPipeline
 from PIL import Image
 from safetensors import safe_open
 
+from receler.errors import UserError
 from receler.world import classify_video, evaluation_prompts, make_dataset
 from receler.world import model as world_model
 
@@ -203,12 +204,13 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     state = ["--state_dir", str(tmp_path / "state")]
     summary = script.main(
         TINY_ARGS + state + ["--output_dir", str(folder), "--eval_prompts", "2", "--eval_inference_steps", "2",
-                             "--eval_guidance", "1,3"]
+                             "--eval_guidance", "1,3", "--snr_shift_scale", "2"]
     )
 
     pipe = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
     assert pipe.transformer.config.max_text_seq_length == 20
     assert pipe.transformer.config.in_channels == 4
+    assert pipe.scheduler.config.snr_shift_scale == 2.0  # sampling uses the schedule the model was trained with
     assert pipe.vae.config.scaling_factor == pytest.approx(summary["vae_scaling_factor"])
     with safe_open(str(folder / "vae" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
@@ -229,7 +231,7 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state", "world"]
 
     # A second run replaces the model in place, and the same seed gives the same weights.
-    script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval"])
+    script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval", "--snr_shift_scale", "2"])
     again = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
     for before, after in zip(pipe.transformer.state_dict().values(), again.transformer.state_dict().values()):
         assert torch.equal(before, after)
@@ -262,6 +264,11 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypat
     half = CogVideoXPipeline.from_pretrained(tmp_path / "half", local_files_only=True).transformer.state_dict()
     half_resumed = CogVideoXPipeline.from_pretrained(tmp_path / "half_resumed", local_files_only=True).transformer
     assert all(torch.equal(a, b) for a, b in zip(half.values(), half_resumed.state_dict().values()))
+    # A state trained on another noise schedule is refused, not silently continued.
+    with pytest.raises(SystemExit) as refused:
+        script.main(args + ["--output_dir", str(tmp_path / "other"), "--state_dir", str(tmp_path / "s2"), "--resume",
+                            "--snr_shift_scale", "1"])
+    assert refused.value.code == 2 and not (tmp_path / "other").exists()
     script.main(args + ["--output_dir", str(tmp_path / "resumed"), "--state_dir", str(tmp_path / "s2"), "--resume"])
 
     whole = CogVideoXPipeline.from_pretrained(tmp_path / "whole", local_files_only=True)
@@ -292,6 +299,27 @@ def test_training_script_refuses_a_folder_that_is_not_a_model(tmp_path):
         script.main(TINY_ARGS + ["--output_dir", str(tmp_path), "--skip_eval", "--state_dir", str(tmp_path / "s")])
     assert exit_info.value.code == 2
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_snr_shift_scale_divides_the_signal_to_noise_ratio_before_the_zero_terminal_rescale():
+    """The scheduler's signal levels against CogVideoX's schedule computed by hand from its formulas: scaled-linear
+    betas, the signal-to-noise ratio divided by the shift, then rescaled so the last step holds no signal."""
+    script = load_script()
+
+    def by_hand(shift):
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        signal = torch.cumprod(1 - betas, dim=0)
+        snr = signal / (1 - signal) / shift
+        root = (snr / (1 + snr)).sqrt()
+        root = (root - root[-1]) * root[0] / (root[0] - root[-1])  # zero terminal SNR, first step unchanged
+        return root ** 2
+
+    for shift in (1.0, 3.0):
+        scheduler = script.build_scheduler(script.parse_args(["--snr_shift_scale", str(shift)]))
+        torch.testing.assert_close(scheduler.alphas_cumprod.double(), by_hand(shift), rtol=1e-4, atol=1e-6)
+    assert script.parse_args([]).snr_shift_scale == 3.0  # CogVideoX-2b's, which the bundled model was trained with
+    with pytest.raises(UserError, match="--snr_shift_scale"):
+        script.parse_args(["--snr_shift_scale", "0"])
 
 
 def test_learning_rate_schedule_and_foreground_weights():
