@@ -513,14 +513,15 @@ def train_transformer(
     running, first_step, history = None, 0, []
     if state_file is not None and Path(state_file).is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=True)
+        trained_shift = state.get("snr_shift_scale", 3.0)  # states from before the flag used CogVideoX-2b's 3.0
+        if trained_shift != args.snr_shift_scale:
+            raise UserError(f"{state_file} was trained with --snr_shift_scale {trained_shift}, not "
+                            f"{args.snr_shift_scale}: pass that value, or a new --state_dir to start over")
         transformer.load_state_dict(state["transformer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        if state.get("snr_shift_scale", 3.0) != args.snr_shift_scale:
-            raise UserError(f"{state_file} was trained with --snr_shift_scale {state.get('snr_shift_scale', 3.0)}, "
-                            f"not {args.snr_shift_scale}: pass that value, or a new --state_dir to start over")
         running, first_step, history = state["running"], state["step"], state["history"]
         logger.info("resumed the transformer from %s at step %d", state_file, first_step)
     transformer.train()

@@ -99,6 +99,20 @@ def embed(pipe, captions: list[str]) -> torch.Tensor:
     return world.embed_prompts(pipe, captions, pipe.transformer.config.max_text_seq_length)
 
 
+def ground_truth(pipe, num_videos: int, seed: int):
+    """The probe's single-shape world videos: ``(captions, uint8 videos, scaled latents, shape positions)``, the
+    positions expanded to the latents' shape."""
+    pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0)
+    videos = np.stack([video for _, video in pairs])
+    latents = encode(pipe, videos)
+    return [caption for caption, _ in pairs], videos, latents, world.shape_positions(latents).expand_as(latents)
+
+
+def rms_at(difference: torch.Tensor, where: torch.Tensor) -> float:
+    """RMS of ``difference`` at the positions ``where`` (in latent stds for the pipeline's scaled latents)."""
+    return float(difference[where].pow(2).mean().sqrt())
+
+
 def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 0.2),
           starts=(27, 24, 18, 12), predict_at=(29, 27), num_inference_steps: int = world.NUM_INFERENCE_STEPS,
           pictures: dict | None = None) -> list[dict]:
@@ -109,21 +123,16 @@ def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 
     ``starts`` and ``predict_at`` are indices into the ``num_inference_steps`` schedule.
     ``pictures``, when given, is filled with each stage's videos (stage name -> list of uint8 ``[F, H, W, 3]``).
     """
-    pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0)
-    captions = [caption for caption, _ in pairs]
-    videos = np.stack([video for _, video in pairs])
-    latents = encode(pipe, videos)
+    captions, videos, latents, where = ground_truth(pipe, num_videos, seed)
     embeds = embed(pipe, captions)
     generator = torch.Generator().manual_seed(seed)
     pictures = {} if pictures is None else pictures
-
-    where = world.shape_positions(latents).expand_as(latents)
 
     def stage(name: str, decoded: list, changed: torch.Tensor | None = None) -> dict:
         pictures[name] = decoded
         row = {"stage": name, **accuracies(decoded, captions)}
         if changed is not None:  # how far the latents this stage decoded are from the true ones, where the shape is
-            row["latent_error"] = float((changed - latents)[where].pow(2).mean().sqrt())
+            row["latent_error"] = rms_at(changed - latents, where)
         return row
 
     rows = [stage("truth", list(videos)), stage("vae", decode(pipe, latents))]
@@ -161,7 +170,7 @@ def shape_distances(pipe, num_videos: int = 48, seed: int = 777) -> dict[str, fl
                   for index, scene in enumerate(scenes)]
         latents[shape] = encode(pipe, np.stack(videos))
     where = world.shape_positions(latents[SHAPES[0]]).expand_as(latents[SHAPES[0]])
-    return {f"{a} / {b}": float((latents[a] - latents[b])[where].pow(2).mean().sqrt())
+    return {f"{a} / {b}": rms_at(latents[a] - latents[b], where)
             for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]}
 
 
@@ -181,10 +190,7 @@ def shape_word_influence(pipe, num_videos: int = 48, seed: int = 777, starts=(29
     Compare it with :func:`shape_distances`: a model that draws the named shape moves its estimate by about the
     distance between the shapes; one that reads the shape only from the noisy latents barely moves it.
     """
-    pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0)
-    captions = [caption for caption, _ in pairs]
-    latents = encode(pipe, np.stack([video for _, video in pairs]))
-    where = world.shape_positions(latents).expand_as(latents)
+    captions, _, latents, where = ground_truth(pipe, num_videos, seed)
     own, other = embed(pipe, captions), embed(pipe, [swap_shape(c) for c in captions])
     pipe.scheduler.set_timesteps(num_inference_steps)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -193,7 +199,7 @@ def shape_word_influence(pipe, num_videos: int = 48, seed: int = 777, starts=(29
         t = int(pipe.scheduler.timesteps[index])
         noise = torch.randn(latents.shape, generator=generator)
         moved = predict_clean(pipe, latents, own, t, noise) - predict_clean(pipe, latents, other, t, noise)
-        influence[t] = float(moved[where].pow(2).mean().sqrt())
+        influence[t] = rms_at(moved, where)
     return influence
 
 
