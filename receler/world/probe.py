@@ -28,7 +28,6 @@ level: a model that draws the shape it is told moves it by about the distance be
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
