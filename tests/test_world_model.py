@@ -494,6 +494,9 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     distances = written["shape_distances"]
     assert set(distances) == {"circle / square", "circle / triangle", "square / triangle"}
     assert 0 < distances["circle / square"] < min(distances["circle / triangle"], distances["square / triangle"])
+    # Moving a shape further moves its latents further (the classifier's shapes are 19 px: 2 px is a tenth).
+    shifts = written["shift_distances"]
+    assert list(shifts) == ["1", "2", "4"] and 0 < shifts["1"] < shifts["2"] < shifts["4"]
 
     # The picture: a row of 64 px tiles (2 px apart) per stage, one tile per video; the first tile of the first row
     # is the middle frame of the first ground-truth video.
@@ -502,3 +505,20 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     label_width = image.shape[1] - 6 * 66 - 2
     truth = make_dataset(6, seed=777, two_shape_prob=0.0)[0][1]
     assert np.array_equal(image[2:66, label_width + 2 : label_width + 66], truth[len(truth) // 2])
+
+
+def test_shift_video_draws_the_scene_where_the_world_would_draw_it_moved():
+    from receler.world.probe import shift_video
+    from receler.world.scenes import BACKGROUNDS, COLORS, shape_mask
+
+    def drawn_at(x: int) -> np.ndarray:  # a triangle at column x in every frame, drawn by hand
+        video = np.empty((9, 64, 64, 3), np.uint8)
+        video[:] = BACKGROUNDS["black"]
+        for frame in video:
+            frame[10:29, x : x + 19][shape_mask("triangle", 19)] = COLORS["cyan"]
+        return video
+
+    assert np.array_equal(shift_video(drawn_at(20), 3), drawn_at(23))  # room on the right: moved right
+    assert np.array_equal(shift_video(drawn_at(45), 2), drawn_at(43))  # touches the right border: moved left
+    with pytest.raises(ValueError, match="no room"):
+        shift_video(drawn_at(20), 30)

@@ -22,7 +22,9 @@ the VAE but not denoising from low noise levels.
 
 Two more readings: how far apart the shapes lie in the latents (:func:`shape_distances`), and how far the
 transformer's estimate moves when the caption names another shape (:func:`shape_word_influence`), at each noise
-level: a model that draws the shape it is told moves it by about the distance between the shapes.
+level: a model that draws the shape it is told moves it by about the distance between the shapes. And how far
+the latents move when the shape moves by a pixel or two (:func:`shift_distances`): where that is as large as the
+distance between shapes, a transformer must place a shape to the pixel before its shape can show.
 """
 
 from __future__ import annotations
@@ -173,6 +175,34 @@ def shape_distances(pipe, num_videos: int = 48, seed: int = 777) -> dict[str, fl
             for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]}
 
 
+def shift_video(video: np.ndarray, pixels: int) -> np.ndarray:
+    """``video`` with everything drawn moved ``pixels`` to the side that has room for it (right if the last columns
+    show only the background in every frame, else left): an exact translation of the scene, as the world would
+    draw it there, because the background is uniform."""
+    background = video[:1, :1, :1]  # a corner pixel: shapes keep a margin from the border
+
+    def only_background(columns: np.ndarray) -> bool:
+        return bool((columns == background).all())
+
+    if only_background(video[:, :, -pixels:]):
+        return np.roll(video, pixels, axis=2)
+    if only_background(video[:, :, :pixels]):
+        return np.roll(video, -pixels, axis=2)
+    raise ValueError(f"no room to move the scene by {pixels} px")
+
+
+def shift_distances(pipe, num_videos: int = 48, seed: int = 777, shifts=(1, 2, 4)) -> dict[int, float]:
+    """How far the latents move when the whole scene moves ``d`` pixels sideways: the RMS difference at the
+    shape's positions, in latent stds, for each ``d`` in ``shifts``.
+
+    Compare it with :func:`shape_distances`: where moving a shape by a pixel changes the latents as much as turning
+    it into another shape, an error of a pixel in where the transformer puts a shape is as costly as drawing the
+    wrong one.
+    """
+    _, videos, latents, where = ground_truth(pipe, num_videos, seed)
+    return {d: rms_at(encode(pipe, np.stack([shift_video(v, d) for v in videos])) - latents, where) for d in shifts}
+
+
 def swap_shape(caption: str) -> str:
     """``caption`` naming the next shape instead of its own (circle -> square -> triangle -> circle)."""
     words = caption.split()
@@ -264,6 +294,9 @@ def main(argv=None):
     distances = shape_distances(pipe, args.videos, args.seed)
     print("\nlatent distance between shapes (RMS at the shape's positions, in latent stds): "
           + ", ".join(f"{pair} {value:.2f}" for pair, value in distances.items()))
+    shifts = shift_distances(pipe, args.videos, args.seed)
+    print("latent change when the scene moves sideways (RMS at the shape's positions): "
+          + ", ".join(f"{d} px {value:.2f}" for d, value in shifts.items()))
     influence = shape_word_influence(pipe, args.videos, args.seed)
     print("shape word's influence on the one-step estimate (RMS change at the shape's positions when the caption "
           "names another shape): " + ", ".join(f"t={t} {value:.3f}" for t, value in influence.items()))
@@ -271,7 +304,8 @@ def main(argv=None):
         save_png(picture(pictures), args.picture)
     if args.output:
         atomic_write_json(args.output, {"model_path": str(args.model_path), "videos": args.videos, "rows": rows,
-                                        "shape_distances": distances, "shape_word_influence": influence})
+                                        "shape_distances": distances, "shift_distances": shifts,
+                                        "shape_word_influence": influence})
     return rows
 
 
