@@ -24,7 +24,7 @@ Two more readings: how far apart the shapes lie in the latents (:func:`shape_dis
 transformer's estimate moves when the caption names another shape (:func:`shape_word_influence`), at each noise
 level: a model that draws the shape it is told moves it by about the distance between the shapes. And how far
 the latents move when the shape moves by a pixel or two (:func:`shift_distances`): where that is as large as the
-distance between shapes, a transformer must place a shape to the pixel before its shape can show.
+distance between shapes, misplacing a shape by that much costs as much as drawing the wrong one.
 """
 
 from __future__ import annotations
