@@ -74,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--vae_videos", type=int, default=2000, help="World videos in the VAE's training pool.")
     data.add_argument("--two_shape_prob", type=float, default=0.3,
                       help="Share of training videos with two shapes (the world's default mix).")
+    data.add_argument("--position_grid", type=int, default=1,
+                      help="Start the transformer's training shapes on a grid of this many pixels (4: whole latent "
+                           "pixels of a VAE that compresses space by 4); 1 allows any pixel. The VAE trains on "
+                           "every position either way.")
     data.add_argument("--attribute_dropout", type=float, default=0.05,
                       help="Chance that a caption leaves out a shape's colour, shape or direction word (each on its "
                            "own: 'a circle moving left', 'a red shape moving left', 'a red circle'), so the model "
@@ -204,6 +208,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"{args.latent_foreground_weight} and {args.latent_foreground_threshold}")
     if not 0.0 <= args.attribute_dropout < 1.0:
         raise UserError(f"--attribute_dropout must be in [0, 1), got {args.attribute_dropout}")
+    if args.position_grid < 1:
+        raise UserError(f"--position_grid must be at least 1 pixel, got {args.position_grid}")
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
@@ -212,7 +218,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def world_videos(n: int, seed: int, two_shape_prob: float, chunk: int = 500):
+def world_videos(n: int, seed: int, two_shape_prob: float, position_grid: int = 1, chunk: int = 500):
     """Yield ``(captions, uint8 videos [k, F, H, W, 3])`` chunks of ``n`` world videos.
 
     Chunks keep memory flat for large ``n``; each chunk's seed derives from ``seed``.
@@ -220,7 +226,7 @@ def world_videos(n: int, seed: int, two_shape_prob: float, chunk: int = 500):
     chunk_seeds = np.random.SeedSequence(seed).generate_state(math.ceil(n / chunk))
     for index, chunk_seed in enumerate(chunk_seeds):
         size = min(chunk, n - index * chunk)
-        pairs = make_dataset(size, seed=int(chunk_seed), two_shape_prob=two_shape_prob)
+        pairs = make_dataset(size, seed=int(chunk_seed), two_shape_prob=two_shape_prob, position_grid=position_grid)
         yield [caption for caption, _ in pairs], np.stack([video for _, video in pairs])
 
 
@@ -462,7 +468,8 @@ def encode_dataset(pipe, args):
     from tqdm.auto import tqdm
 
     latents, captions = [], []
-    chunks = world_videos(args.num_videos, seed=args.seed + 200, two_shape_prob=args.two_shape_prob)
+    chunks = world_videos(args.num_videos, seed=args.seed + 200, two_shape_prob=args.two_shape_prob,
+                          position_grid=args.position_grid)
     total = math.ceil(args.num_videos / 500)
     for chunk_captions, videos in tqdm(chunks, total=total, desc="encode videos", unit="chunk"):
         latents.append(world_model.encode_videos(pipe.vae, videos))
@@ -757,14 +764,16 @@ def main(argv=None) -> dict:
     stage = time.perf_counter()
     cache = state_dir / "latents.pt"
     data = torch.load(cache, map_location="cpu", weights_only=True) if args.resume and cache.is_file() else None
-    if data is not None and data.get("vae_phases") == phases:
+    same_data = data is not None and data.get("vae_phases") == phases
+    if same_data and data.get("position_grid", 1) == args.position_grid:
         logger.info("reusing the encoded dataset in %s", cache)
     else:
         latents, caption_index, caption_embeds = encode_dataset(pipe, args)
         # Unit-variance latents suit the scheduler's noise levels; the pipeline divides by this on decode.
         scaling_factor = float(1.0 / latents.std())
         data = {"latents": latents * scaling_factor, "caption_index": caption_index,
-                "caption_embeds": caption_embeds, "scaling_factor": scaling_factor, "vae_phases": phases}
+                "caption_embeds": caption_embeds, "scaling_factor": scaling_factor, "vae_phases": phases,
+                "position_grid": args.position_grid}
         atomic_write(cache, lambda tmp: torch.save(data, tmp))
         (state_dir / "transformer_state.pt").unlink(missing_ok=True)  # trained on other latents
     latents, caption_index, caption_embeds = data["latents"], data["caption_index"], data["caption_embeds"]

@@ -174,6 +174,55 @@ def test_two_shapes_do_not_overlap():
             assert (counts == counts[0]).all()
 
 
+def top_left_corners(video: np.ndarray, color: str) -> np.ndarray:
+    """(x, y) of the top-left corner of ``color``'s bounding box in every frame."""
+    corners = []
+    for frame in video:
+        ys, xs = np.nonzero((frame == np.array(COLORS[color])).all(axis=-1))
+        corners.append((xs.min(), ys.min()))
+    return np.array(corners)
+
+
+def test_position_grid_starts_every_shape_on_the_grid_and_uses_every_grid_point():
+    # At 64 px a square is 19 px, the border margin 2 px, so a corner lies in [2, 43]; moving
+    # right (3 px x 8 frames = 24 px) it must start in [2, 19], moving left in [26, 43]. Worked
+    # out by hand: the multiples of 4 in those ranges.
+    expected = {"right": {4, 8, 12, 16}, "left": {28, 32, 36, 40}, "across": set(range(4, 41, 4))}
+    for direction in ("right", "left"):
+        starts, across = set(), set()
+        for seed in range(100):
+            video = render_video(Scene((ShapeSpec("red", "square", direction),), "gray"), seed=seed, position_grid=4)
+            corners = top_left_corners(video, "red")
+            starts.add(int(corners[0, 0]))
+            across.add(int(corners[0, 1]))
+            assert (np.abs(np.diff(corners[:, 0])) == 3).all() and (corners[:, 1] == corners[0, 1]).all()
+        assert starts == expected[direction]
+        assert across == expected["across"]
+    # Two shapes crossing at right angles still start on the grid (and keep apart).
+    for seed in range(20):
+        scene = Scene((ShapeSpec("red", "square", "left"), ShapeSpec("blue", "square", "down")), "gray")
+        video = render_video(scene, seed=seed, position_grid=4)
+        for color in scene.colors:
+            assert (top_left_corners(video, color)[0] % 4 == 0).all()
+            counts = (video == np.array(COLORS[color])).all(axis=-1).sum(axis=(1, 2))
+            assert (counts == 19 * 19).all()  # never covered by the other shape
+
+
+def test_position_grid_one_is_the_plain_world_and_a_bad_grid_is_refused():
+    scene = scene_from_caption("a red triangle moving up on a black background")
+    for seed in range(5):
+        assert np.array_equal(render_video(scene, seed=seed, position_grid=1), render_video(scene, seed=seed))
+    corners = {tuple(top_left_corners(render_video(scene, seed=seed), "red")[0]) for seed in range(30)}
+    assert any(x % 4 or y % 4 for x, y in corners)  # without a grid, starts fall between grid points
+    with pytest.raises(ValueError, match="position_grid"):
+        render_video(scene, position_grid=0)
+    pairs = make_dataset(6, seed=3, position_grid=4)
+    for caption, video in pairs:
+        first = scene_from_caption(caption).shapes[0]
+        if first.shape == "square":  # a square's bounding box is its stencil's
+            assert (top_left_corners(video, first.color)[0] % 4 == 0).all()
+
+
 @pytest.mark.parametrize(
     "num_frames, nearest",
     [(10, "9 and 13"), (8, "5 and 9"), (11, "9 and 13"), (48, "45 and 49"), (0, "1"), (-3, "1")],

@@ -278,6 +278,30 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypat
             assert torch.equal(a, b), module
 
 
+def test_a_resume_on_another_position_grid_encodes_its_own_latents(tmp_path):
+    script = load_script()
+    args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state")]
+    script.main(args + ["--output_dir", str(tmp_path / "plain")])
+    plain = torch.load(tmp_path / "state" / "latents.pt", weights_only=True)
+    script.main(args + ["--output_dir", str(tmp_path / "grid"), "--resume", "--position_grid", "4"])
+    grid = torch.load(tmp_path / "state" / "latents.pt", weights_only=True)
+    assert (plain["position_grid"], grid["position_grid"]) == (1, 4)
+    assert plain["caption_index"].tolist() == grid["caption_index"].tolist()  # the same scenes, placed elsewhere
+    assert not torch.equal(plain["latents"], grid["latents"])
+    summary = json.loads((tmp_path / "grid" / "training_summary.json").read_text())
+    assert summary["args"]["position_grid"] == 4
+    with pytest.raises(UserError, match="--position_grid"):
+        script.parse_args(["--position_grid", "0"])
+
+
+def test_trained_position_grid_reads_the_training_summary(tmp_path):
+    assert world_model.trained_position_grid(tmp_path) == 1  # no summary: the plain world
+    (tmp_path / "training_summary.json").write_text(json.dumps({"args": {"seed": 0}}))
+    assert world_model.trained_position_grid(tmp_path) == 1  # trained before the flag existed
+    (tmp_path / "training_summary.json").write_text(json.dumps({"args": {"position_grid": 4}}))
+    assert world_model.trained_position_grid(tmp_path) == 4
+
+
 def test_partial_captions_leave_out_attributes():
     script = load_script()
     captions = ["a red circle moving left on a gray background"] * 400
@@ -487,6 +511,7 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0}  # ground truth reads right
     written = json.loads(out.read_text())
     assert written["rows"] == rows
+    assert written["position_grid"] == 1  # the bundled model was trained on every position
     assert set(written["shape_word_influence"]) == {str(int(schedule.timesteps[i])) for i in (29, 27, 24, 18, 12, 6)}
 
     # A circle and a square differ in their corners (1 - pi/4 = 21% of the box), a triangle from either in at

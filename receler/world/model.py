@@ -11,6 +11,7 @@ accuracy recorded in the folder's ``training_summary.json`` was measured with th
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def load_world_pipeline(path=None, dtype: torch.dtype = torch.float32, device="c
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def trained_position_grid(path=None) -> int:
+    """The ``--position_grid`` a world model was trained with (its ``training_summary.json``); 1, any pixel, for a
+    folder that names none."""
+    summary = (Path(path) if path is not None else WORLD_MODEL_DIR) / "training_summary.json"
+    if not summary.is_file():
+        return 1
+    return int(json.loads(summary.read_text()).get("args", {}).get("position_grid", 1))
 
 
 def _prompt_and_seed(item) -> tuple[str, int]:

@@ -8,6 +8,7 @@ pixel classifier (:mod:`receler.world.classify`) can measure what a model genera
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -246,12 +247,13 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
     return np.abs(x - half) <= half * y / side
 
 
-def _trajectory(rng, direction: str, num_frames: int, size: int, side: int) -> np.ndarray:
+def _trajectory(rng, direction: str, num_frames: int, size: int, side: int, grid: int = 1) -> np.ndarray:
     """Top-left corners ``[num_frames, 2]`` (x, y) of a shape moving in ``direction``.
 
     The start is chosen so that the whole path stays inside the frame: the shape never
     bounces (a bounce would show the opposite direction). When the path cannot fit, the
-    speed is reduced instead.
+    speed is reduced instead. With ``grid`` > 1 the start is a multiple of ``grid`` pixels
+    (see :func:`render_video`).
     """
     low = BORDER_MARGIN
     free = size - side - 2 * BORDER_MARGIN  # room for the top-left corner along either axis
@@ -266,8 +268,20 @@ def _trajectory(rng, direction: str, num_frames: int, size: int, side: int) -> n
         offset = rng.uniform(0.0, free - travel)
         return low + offset if step_sign > 0 else low + travel + offset
 
-    x0 = start_along(dx) if dx != 0 else low + rng.uniform(0.0, free)
-    y0 = start_along(dy) if dy != 0 else low + rng.uniform(0.0, free)
+    def start_on_grid(step_sign: int) -> float:
+        # The start's allowed range, as in start_along; a grid point inside it, drawn uniformly.
+        first = low + (travel if step_sign < 0 else 0.0)
+        last = low + free - (travel if step_sign > 0 else 0.0)
+        points = np.arange(math.ceil(first / grid) * grid, math.floor(last / grid) * grid + 1, grid)
+        if len(points) == 0:
+            raise ValueError(f"no start on a {grid} px grid fits a {side} px shape in a {size} px frame")
+        return float(points[rng.integers(len(points))])
+
+    if grid > 1:
+        x0, y0 = start_on_grid(dx), start_on_grid(dy)
+    else:
+        x0 = start_along(dx) if dx != 0 else low + rng.uniform(0.0, free)
+        y0 = start_along(dy) if dy != 0 else low + rng.uniform(0.0, free)
     t = np.arange(num_frames)
     positions = np.stack([x0 + dx * speed * t, y0 + dy * speed * t], axis=1)
     # Integer positions keep the shape's stencil identical in every frame.
@@ -281,20 +295,29 @@ def _overlap_area(path_a: np.ndarray, path_b: np.ndarray, side: int, gap: int = 
     return int((overlap[:, 0] * overlap[:, 1]).sum())
 
 
-def render_video(scene: Scene, num_frames: int = 9, size: int = 64, seed: int = 0) -> np.ndarray:
+def render_video(
+    scene: Scene, num_frames: int = 9, size: int = 64, seed: int = 0, position_grid: int = 1
+) -> np.ndarray:
     """Render ``scene`` as ``uint8 [num_frames, size, size, 3]`` (RGB), deterministic in (scene, seed).
 
     The seed picks the start positions; each shape moves a few pixels per frame in its
     direction and stays fully inside the frame. Two shapes are placed so that they do not
-    overlap whenever such a placement is found.
+    overlap whenever such a placement is found. ``position_grid`` > 1 starts every shape at
+    a multiple of that many pixels (e.g. 4, a latent pixel of a VAE that compresses space by
+    4, so that scenes differ by whole latent pixels); 1 allows any pixel.
     """
     check_num_frames(num_frames)
     if size < MIN_FRAME_SIZE:
         raise ValueError(f"size must be at least {MIN_FRAME_SIZE} pixels, got {size}")
+    if position_grid < 1:
+        raise ValueError(f"position_grid must be at least 1 pixel, got {position_grid}")
     rng = np.random.default_rng(seed)
     side = shape_size_for(size)
 
-    paths = [_trajectory(rng, spec.direction, num_frames, size, side) for spec in scene.shapes]
+    def draw_paths():
+        return [_trajectory(rng, spec.direction, num_frames, size, side, position_grid) for spec in scene.shapes]
+
+    paths = draw_paths()
     if len(paths) == 2:
         # Rejection sampling; both paths are redrawn because a first shape in the middle may
         # leave no room for the second. Shapes moving at right angles rarely miss each other
@@ -304,7 +327,7 @@ def render_video(scene: Scene, num_frames: int = 9, size: int = 64, seed: int = 
         for _ in range(MAX_PLACEMENT_ATTEMPTS - 1):
             if best_overlap == 0:
                 break
-            candidate = [_trajectory(rng, spec.direction, num_frames, size, side) for spec in scene.shapes]
+            candidate = draw_paths()
             overlap = _overlap_area(candidate[0], candidate[1], side)
             if overlap < best_overlap:
                 paths, best_overlap = candidate, overlap
@@ -329,8 +352,11 @@ def make_dataset(
     size: int = 64,
     two_shape_prob: float = 0.3,
     colors=None,
+    position_grid: int = 1,
 ) -> list[tuple[str, np.ndarray]]:
-    """``n`` deterministic (caption, video) pairs; the first k items do not depend on ``n``."""
+    """``n`` deterministic (caption, video) pairs; the first k items do not depend on ``n``.
+
+    ``position_grid``: see :func:`render_video`."""
     check_num_frames(num_frames)
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
@@ -339,7 +365,8 @@ def make_dataset(
     for _ in range(n):
         scene = sample_scene(rng, two_shape_prob=two_shape_prob, colors=colors)
         video_seed = int(rng.integers(2**31))
-        dataset.append((scene.caption(), render_video(scene, num_frames=num_frames, size=size, seed=video_seed)))
+        dataset.append((scene.caption(), render_video(scene, num_frames=num_frames, size=size, seed=video_seed,
+                                                    position_grid=position_grid)))
     logger.debug("made %d videos of %d frames at %d px (seed %d)", n, num_frames, size, seed)
     return dataset
 
