@@ -78,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="Start the transformer's training shapes on a grid of this many pixels (4: whole latent "
                            "pixels of a VAE that compresses space by 4); 1 allows any pixel. The VAE trains on "
                            "every position either way.")
+    data.add_argument("--shape_size", type=int, default=None,
+                      help="Side of a shape's box in pixels (default: the world's, 19 px in the 64 px frames), for "
+                           "every phase; a VAE stage reused with --resume or --vae_from stays as it was trained (the "
+                           "VAE check in the summary says how well it draws these shapes).")
     data.add_argument("--attribute_dropout", type=float, default=0.05,
                       help="Chance that a caption leaves out a shape's colour, shape or direction word (each on its "
                            "own: 'a circle moving left', 'a red shape moving left', 'a red circle'), so the model "
@@ -210,6 +214,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UserError(f"--attribute_dropout must be in [0, 1), got {args.attribute_dropout}")
     if args.position_grid < 1:
         raise UserError(f"--position_grid must be at least 1 pixel, got {args.position_grid}")
+    if args.shape_size is not None and not 6 <= args.shape_size <= 60:
+        raise UserError(f"--shape_size must be 6 to 60 px (the 64 px frame less a 2 px margin), got {args.shape_size}")
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
@@ -218,7 +224,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def world_videos(n: int, seed: int, two_shape_prob: float, position_grid: int = 1, chunk: int = 500):
+def world_videos(n: int, seed: int, two_shape_prob: float, position_grid: int = 1, shape_size: int | None = None,
+                 chunk: int = 500):
     """Yield ``(captions, uint8 videos [k, F, H, W, 3])`` chunks of ``n`` world videos.
 
     Chunks keep memory flat for large ``n``; each chunk's seed derives from ``seed``.
@@ -226,7 +233,8 @@ def world_videos(n: int, seed: int, two_shape_prob: float, position_grid: int = 
     chunk_seeds = np.random.SeedSequence(seed).generate_state(math.ceil(n / chunk))
     for index, chunk_seed in enumerate(chunk_seeds):
         size = min(chunk, n - index * chunk)
-        pairs = make_dataset(size, seed=int(chunk_seed), two_shape_prob=two_shape_prob, position_grid=position_grid)
+        pairs = make_dataset(size, seed=int(chunk_seed), two_shape_prob=two_shape_prob, position_grid=position_grid,
+                             shape_size=shape_size)
         yield [caption for caption, _ in pairs], np.stack([video for _, video in pairs])
 
 
@@ -382,7 +390,8 @@ def train_vae(vae, args) -> dict:
     """
     from tqdm.auto import tqdm
 
-    _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + 100, two_shape_prob=args.two_shape_prob))
+    _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + 100, two_shape_prob=args.two_shape_prob,
+                                shape_size=args.shape_size))
     pool = np.concatenate(pool)
     generator = torch.Generator().manual_seed(args.seed + 101)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
@@ -441,7 +450,8 @@ def finetune_vae(vae, args, phase: str = "finetune") -> dict:
         "finetune": (102, args.vae_finetune_steps, args.vae_finetune_lr, 0.0),
         "robust": (104, args.vae_robust_steps, args.vae_robust_lr, args.vae_robust_noise),
     }[phase]
-    _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + offset, two_shape_prob=args.two_shape_prob))
+    _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + offset, two_shape_prob=args.two_shape_prob,
+                                shape_size=args.shape_size))
     pool = np.concatenate(pool)
     generator = torch.Generator().manual_seed(args.seed + offset + 1)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=peak_lr, weight_decay=0.0)
@@ -469,7 +479,7 @@ def encode_dataset(pipe, args):
 
     latents, captions = [], []
     chunks = world_videos(args.num_videos, seed=args.seed + 200, two_shape_prob=args.two_shape_prob,
-                          position_grid=args.position_grid)
+                          position_grid=args.position_grid, shape_size=args.shape_size)
     total = math.ceil(args.num_videos / 500)
     for chunk_captions, videos in tqdm(chunks, total=total, desc="encode videos", unit="chunk"):
         latents.append(world_model.encode_videos(pipe.vae, videos))
@@ -670,7 +680,7 @@ def vae_check(vae, args, latent_noise: float = 0.2) -> dict:
     reconstructions from latents with noise of ``latent_noise`` latent standard deviations added (how much of the
     transformer's error the decoder tolerates)."""
     count = args.vae_check_videos
-    pairs = make_dataset(count, seed=args.seed + 400, two_shape_prob=0.0)
+    pairs = make_dataset(count, seed=args.seed + 400, two_shape_prob=0.0, shape_size=args.shape_size)
     videos = np.stack([video for _, video in pairs])
     captions = [caption for caption, _ in pairs]
     latents = world_model.encode_videos(vae, videos).permute(0, 2, 1, 3, 4)  # back to the VAE's [B, C, F, h, w]
@@ -765,7 +775,9 @@ def main(argv=None) -> dict:
     cache = state_dir / "latents.pt"
     data = torch.load(cache, map_location="cpu", weights_only=True) if args.resume and cache.is_file() else None
     same_data = data is not None and data.get("vae_phases") == phases
-    if same_data and data.get("position_grid", 1) == args.position_grid:
+    same_world = data is not None and (data.get("position_grid", 1), data.get("shape_size")) == (
+        args.position_grid, args.shape_size)
+    if same_data and same_world:
         logger.info("reusing the encoded dataset in %s", cache)
     else:
         latents, caption_index, caption_embeds = encode_dataset(pipe, args)
@@ -773,7 +785,7 @@ def main(argv=None) -> dict:
         scaling_factor = float(1.0 / latents.std())
         data = {"latents": latents * scaling_factor, "caption_index": caption_index,
                 "caption_embeds": caption_embeds, "scaling_factor": scaling_factor, "vae_phases": phases,
-                "position_grid": args.position_grid}
+                "position_grid": args.position_grid, "shape_size": args.shape_size}
         atomic_write(cache, lambda tmp: torch.save(data, tmp))
         (state_dir / "transformer_state.pt").unlink(missing_ok=True)  # trained on other latents
     latents, caption_index, caption_embeds = data["latents"], data["caption_index"], data["caption_embeds"]

@@ -208,6 +208,23 @@ def test_position_grid_starts_every_shape_on_the_grid_and_uses_every_grid_point(
             assert (counts == 19 * 19).all()  # never covered by the other shape
 
 
+def test_shape_size_sets_the_side_of_every_shape_and_a_shape_too_large_is_refused():
+    # A square fills its box (side**2 pixels), a circle pi/4 of it, a triangle half of it.
+    for shape, share in (("square", 1.0), ("circle", np.pi / 4), ("triangle", 0.5)):
+        scene = scene_from_caption(f"a red {shape} moving down on a gray background")
+        video = render_video(scene, seed=1, shape_size=29)
+        counts = (video == np.array(COLORS["red"])).all(axis=-1).sum(axis=(1, 2))
+        assert (counts == counts[0]).all()
+        assert counts[0] == pytest.approx(share * 29**2, rel=0.04)
+        ys, xs = np.nonzero((video[0] == np.array(COLORS["red"])).all(axis=-1))
+        assert (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) == (29, 29)
+    default = render_video(scene, seed=1)
+    assert np.array_equal(default, render_video(scene, seed=1, shape_size=19))  # 30% of 64 px
+    for bad in (5, 61):
+        with pytest.raises(ValueError, match="shape_size"):
+            render_video(scene, shape_size=bad)
+
+
 def test_position_grid_one_is_the_plain_world_and_a_bad_grid_is_refused():
     scene = scene_from_caption("a red triangle moving up on a black background")
     for seed in range(5):

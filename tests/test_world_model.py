@@ -278,7 +278,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypat
             assert torch.equal(a, b), module
 
 
-def test_a_resume_on_another_position_grid_encodes_its_own_latents(tmp_path):
+def test_a_resume_in_another_world_geometry_encodes_its_own_latents(tmp_path):
     script = load_script()
     args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state")]
     script.main(args + ["--output_dir", str(tmp_path / "plain")])
@@ -290,16 +290,33 @@ def test_a_resume_on_another_position_grid_encodes_its_own_latents(tmp_path):
     assert not torch.equal(plain["latents"], grid["latents"])
     summary = json.loads((tmp_path / "grid" / "training_summary.json").read_text())
     assert summary["args"]["position_grid"] == 4
+    script.main(args + ["--output_dir", str(tmp_path / "big"), "--resume", "--position_grid", "4", "--shape_size", "29"])
+    big = torch.load(tmp_path / "state" / "latents.pt", weights_only=True)
+    assert (big["position_grid"], big["shape_size"]) == (4, 29) and not torch.equal(big["latents"], grid["latents"])
     with pytest.raises(UserError, match="--position_grid"):
         script.parse_args(["--position_grid", "0"])
+    with pytest.raises(UserError, match="--shape_size"):
+        script.parse_args(["--shape_size", "61"])
 
 
-def test_trained_position_grid_reads_the_training_summary(tmp_path):
-    assert world_model.trained_position_grid(tmp_path) == 1  # no summary: the plain world
+def test_trained_world_args_read_the_training_summary(tmp_path):
+    plain = {"position_grid": 1, "shape_size": None}
+    assert world_model.trained_world_args(tmp_path) == plain  # no summary: the plain world
     (tmp_path / "training_summary.json").write_text(json.dumps({"args": {"seed": 0}}))
-    assert world_model.trained_position_grid(tmp_path) == 1  # trained before the flag existed
-    (tmp_path / "training_summary.json").write_text(json.dumps({"args": {"position_grid": 4}}))
-    assert world_model.trained_position_grid(tmp_path) == 4
+    assert world_model.trained_world_args(tmp_path) == plain  # trained before the flags existed
+    (tmp_path / "training_summary.json").write_text(json.dumps({"args": {"position_grid": 4, "shape_size": 29}}))
+    assert world_model.trained_world_args(tmp_path) == {"position_grid": 4, "shape_size": 29}
+
+
+def test_the_probes_truth_is_drawn_in_the_world_it_is_given(bundled_pipe):
+    from receler.world.probe import ground_truth
+
+    captions, videos, latents, _ = ground_truth(bundled_pipe, 4, 777, {"position_grid": 4, "shape_size": 29})
+    assert len(captions) == len(latents) == 4
+    for video in videos:
+        ys, xs = np.nonzero((video[0] != video[0, :1, :1]).any(axis=-1))
+        assert (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) == (29, 29)  # every shape's box is 29 px
+        assert xs.min() % 4 == 0 and ys.min() % 4 == 0
 
 
 def test_partial_captions_leave_out_attributes():
@@ -511,7 +528,7 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0}  # ground truth reads right
     written = json.loads(out.read_text())
     assert written["rows"] == rows
-    assert written["position_grid"] == 1  # the bundled model was trained on every position
+    assert written["world"] == {"position_grid": 1, "shape_size": None}  # the bundled model's: the plain world
     assert set(written["shape_word_influence"]) == {str(int(schedule.timesteps[i])) for i in (29, 27, 24, 18, 12, 6)}
 
     # A circle and a square differ in their corners (1 - pi/4 = 21% of the box), a triangle from either in at

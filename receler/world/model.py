@@ -57,13 +57,13 @@ def load_world_pipeline(path=None, dtype: torch.dtype = torch.float32, device="c
     return pipe
 
 
-def trained_position_grid(path=None) -> int:
-    """The ``--position_grid`` a world model was trained with (its ``training_summary.json``); 1, any pixel, for a
-    folder that names none."""
+def trained_world_args(path=None) -> dict:
+    """The world geometry a model was trained on, from its ``training_summary.json``, as keyword arguments of
+    :func:`~receler.world.scenes.render_video`: ``position_grid`` (1, any pixel, if the summary names none) and
+    ``shape_size`` (``None``, the world's default, likewise)."""
     summary = (Path(path) if path is not None else WORLD_MODEL_DIR) / "training_summary.json"
-    if not summary.is_file():
-        return 1
-    return int(json.loads(summary.read_text()).get("args", {}).get("position_grid", 1))
+    trained = json.loads(summary.read_text()).get("args", {}) if summary.is_file() else {}
+    return {"position_grid": int(trained.get("position_grid") or 1), "shape_size": trained.get("shape_size")}
 
 
 def _prompt_and_seed(item) -> tuple[str, int]:

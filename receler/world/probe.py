@@ -100,10 +100,12 @@ def embed(pipe, captions: list[str]) -> torch.Tensor:
     return world.embed_prompts(pipe, captions, pipe.transformer.config.max_text_seq_length)
 
 
-def ground_truth(pipe, num_videos: int, seed: int, position_grid: int = 1):
+def ground_truth(pipe, num_videos: int, seed: int, world_args: dict | None = None):
     """The probe's single-shape world videos: ``(captions, uint8 videos, scaled latents, shape positions)``, the
-    positions expanded to the latents' shape. ``position_grid``: the world's, as the model was trained on it."""
-    pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0, position_grid=position_grid)
+    positions expanded to the latents' shape. ``world_args``: the world's geometry as the model was trained on it
+    (``position_grid``, ``shape_size`` of :func:`~receler.world.scenes.render_video`; see
+    :func:`~receler.world.model.trained_world_args`)."""
+    pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0, **(world_args or {}))
     videos = np.stack([video for _, video in pairs])
     latents = encode(pipe, videos)
     return [caption for caption, _ in pairs], videos, latents, world.shape_positions(latents).expand_as(latents)
@@ -116,7 +118,7 @@ def rms_at(difference: torch.Tensor, where: torch.Tensor) -> float:
 
 def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 0.2),
           starts=(27, 24, 18, 12), predict_at=(29, 27), num_inference_steps: int = world.NUM_INFERENCE_STEPS,
-          pictures: dict | None = None, position_grid: int = 1) -> list[dict]:
+          pictures: dict | None = None, world_args: dict | None = None) -> list[dict]:
     """One ``{"stage", "color", "shape", "direction"}`` per stage (see the module's docstring), with
     ``latent_error`` for the stages that decode changed latents: their RMS distance from the true latents at the
     shape's positions, in latent standard deviations.
@@ -124,7 +126,7 @@ def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 
     ``starts`` and ``predict_at`` are indices into the ``num_inference_steps`` schedule.
     ``pictures``, when given, is filled with each stage's videos (stage name -> list of uint8 ``[F, H, W, 3]``).
     """
-    captions, videos, latents, where = ground_truth(pipe, num_videos, seed, position_grid)
+    captions, videos, latents, where = ground_truth(pipe, num_videos, seed, world_args)
     embeds = embed(pipe, captions)
     generator = torch.Generator().manual_seed(seed)
     pictures = {} if pictures is None else pictures
@@ -156,20 +158,21 @@ def probe(pipe, num_videos: int = 48, seed: int = 777, noise_levels=(0.05, 0.1, 
 
 
 @torch.no_grad()
-def shape_distances(pipe, num_videos: int = 48, seed: int = 777, position_grid: int = 1) -> dict[str, float]:
+def shape_distances(pipe, num_videos: int = 48, seed: int = 777, world_args: dict | None = None) -> dict[str, float]:
     """How far apart the shapes are in the latents the transformer learns: the same single-shape scenes (colour,
     motion, path, background) drawn as each shape, encoded, and the RMS difference of each pair's latents at the
     positions the shape covers, in units of the latents' spread (the pipeline's scaled latents have unit std).
 
     A transformer error of that size turns one shape into the other, so small distances make shape hard to learn.
     """
-    pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0, position_grid=position_grid)
+    world_args = world_args or {}
+    pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0, **world_args)
     scenes = [scene_from_caption(caption) for caption, _ in pairs]
     latents = {}
     for shape in SHAPES:
         # One seed per scene: every shape follows the same path.
         videos = [render_video(replace(scene, shapes=[replace(scene.shapes[0], shape=shape)]), seed=index,
-                               position_grid=position_grid)
+                               **world_args)
                   for index, scene in enumerate(scenes)]
         latents[shape] = encode(pipe, np.stack(videos))
     where = world.shape_positions(latents[SHAPES[0]]).expand_as(latents[SHAPES[0]])
@@ -194,7 +197,7 @@ def shift_video(video: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def shift_distances(pipe, num_videos: int = 48, seed: int = 777, shifts=(1, 2, 4),
-                    position_grid: int = 1) -> dict[int, float]:
+                    world_args: dict | None = None) -> dict[int, float]:
     """How far the latents move when the whole scene moves ``d`` pixels sideways: the RMS difference at the
     shape's positions, in latent stds, for each ``d`` in ``shifts``.
 
@@ -202,7 +205,7 @@ def shift_distances(pipe, num_videos: int = 48, seed: int = 777, shifts=(1, 2, 4
     it into another shape, an error of a pixel in where the transformer puts a shape is as costly as drawing the
     wrong one.
     """
-    _, videos, latents, where = ground_truth(pipe, num_videos, seed, position_grid)
+    _, videos, latents, where = ground_truth(pipe, num_videos, seed, world_args)
     return {d: rms_at(encode(pipe, np.stack([shift_video(v, d) for v in videos])) - latents, where) for d in shifts}
 
 
@@ -215,7 +218,7 @@ def swap_shape(caption: str) -> str:
 @torch.no_grad()
 def shape_word_influence(pipe, num_videos: int = 48, seed: int = 777, starts=(29, 27, 24, 18, 12, 6),
                          num_inference_steps: int = world.NUM_INFERENCE_STEPS,
-                         position_grid: int = 1) -> dict[int, float]:
+                         world_args: dict | None = None) -> dict[int, float]:
     """Does the transformer draw the shape it is told to? For each timestep (indices into the schedule), the RMS
     difference, at the shape's positions and in latent stds, between its one-step clean estimates of the same
     noised latents captioned with their own shape and with another one.
@@ -223,7 +226,7 @@ def shape_word_influence(pipe, num_videos: int = 48, seed: int = 777, starts=(29
     Compare it with :func:`shape_distances`: a model that draws the named shape moves its estimate by about the
     distance between the shapes; one that reads the shape only from the noisy latents barely moves it.
     """
-    captions, _, latents, where = ground_truth(pipe, num_videos, seed, position_grid)
+    captions, _, latents, where = ground_truth(pipe, num_videos, seed, world_args)
     own, other = embed(pipe, captions), embed(pipe, [swap_shape(c) for c in captions])
     pipe.scheduler.set_timesteps(num_inference_steps)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -265,6 +268,9 @@ def parse_args(argv=None):
     p.add_argument("--position_grid", type=int, default=None,
                    help="start the probe's shapes on a grid of this many pixels (default: the grid the model was "
                         "trained on, from its training_summary.json; 1, any pixel, if it names none)")
+    p.add_argument("--shape_size", type=int, default=None,
+                   help="side of the probe's shapes in pixels (default: the size the model was trained on, from its "
+                        "training_summary.json; the world's 19 px if it names none)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--output", default=None, help="also write the rows to this JSON file")
     p.add_argument("--picture", default=None,
@@ -276,6 +282,8 @@ def parse_args(argv=None):
         p.error(f"--videos must be at least 1, got {args.videos}")
     if args.position_grid is not None and args.position_grid < 1:
         p.error(f"--position_grid must be at least 1 pixel, got {args.position_grid}")
+    if args.shape_size is not None and not 6 <= args.shape_size <= 60:
+        p.error(f"--shape_size must be 6 to 60 px, got {args.shape_size}")
     for flag in ("starts", "predict_at"):
         text = getattr(args, flag)
         try:
@@ -297,25 +305,27 @@ def main(argv=None):
         raise UserError(f"--model_path {args.model_path} is not a world-model folder (no model_index.json)")
     pipe = world.load_world_pipeline(args.model_path)
     pipe.set_progress_bar_config(disable=True)
-    grid = args.position_grid or world.trained_position_grid(args.model_path)
+    world_args = world.trained_world_args(args.model_path)
+    world_args.update({key: getattr(args, key) for key in world_args if getattr(args, key) is not None})
+    logger.info("probing the world with %s", world_args)
     pictures = {}
     rows = probe(pipe, args.videos, args.seed, starts=args.starts, predict_at=args.predict_at, pictures=pictures,
-                 position_grid=grid)
+                 world_args=world_args)
     print(table(rows))
-    distances = shape_distances(pipe, args.videos, args.seed, grid)
+    distances = shape_distances(pipe, args.videos, args.seed, world_args)
     print("\nlatent distance between shapes (RMS at the shape's positions, in latent stds): "
           + ", ".join(f"{pair} {value:.2f}" for pair, value in distances.items()))
-    shifts = shift_distances(pipe, args.videos, args.seed, position_grid=grid)
+    shifts = shift_distances(pipe, args.videos, args.seed, world_args=world_args)
     print("latent change when the scene moves sideways (RMS at the shape's positions): "
           + ", ".join(f"{d} px {value:.2f}" for d, value in shifts.items()))
-    influence = shape_word_influence(pipe, args.videos, args.seed, position_grid=grid)
+    influence = shape_word_influence(pipe, args.videos, args.seed, world_args=world_args)
     print("shape word's influence on the one-step estimate (RMS change at the shape's positions when the caption "
           "names another shape): " + ", ".join(f"t={t} {value:.3f}" for t, value in influence.items()))
     if args.picture:
         save_png(picture(pictures), args.picture)
     if args.output:
         atomic_write_json(args.output, {"model_path": str(args.model_path), "videos": args.videos,
-                                        "position_grid": grid, "rows": rows,
+                                        "world": world_args, "rows": rows,
                                         "shape_distances": distances, "shift_distances": shifts,
                                         "shape_word_influence": influence})
     return rows

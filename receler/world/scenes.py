@@ -296,7 +296,8 @@ def _overlap_area(path_a: np.ndarray, path_b: np.ndarray, side: int, gap: int = 
 
 
 def render_video(
-    scene: Scene, num_frames: int = 9, size: int = 64, seed: int = 0, position_grid: int = 1
+    scene: Scene, num_frames: int = 9, size: int = 64, seed: int = 0, position_grid: int = 1,
+    shape_size: int | None = None,
 ) -> np.ndarray:
     """Render ``scene`` as ``uint8 [num_frames, size, size, 3]`` (RGB), deterministic in (scene, seed).
 
@@ -304,15 +305,18 @@ def render_video(
     direction and stays fully inside the frame. Two shapes are placed so that they do not
     overlap whenever such a placement is found. ``position_grid`` > 1 starts every shape at
     a multiple of that many pixels (e.g. 4, a latent pixel of a VAE that compresses space by
-    4, so that scenes differ by whole latent pixels); 1 allows any pixel.
+    4, so that scenes differ by whole latent pixels); 1 allows any pixel. ``shape_size`` is the
+    side of a shape's box in pixels (default: :func:`shape_size_for` the frame, 19 px at 64 px).
     """
     check_num_frames(num_frames)
     if size < MIN_FRAME_SIZE:
         raise ValueError(f"size must be at least {MIN_FRAME_SIZE} pixels, got {size}")
     if position_grid < 1:
         raise ValueError(f"position_grid must be at least 1 pixel, got {position_grid}")
+    side = shape_size_for(size) if shape_size is None else shape_size
+    if not 6 <= side <= size - 2 * BORDER_MARGIN:
+        raise ValueError(f"shape_size must be 6 to {size - 2 * BORDER_MARGIN} px in a {size} px frame, got {side}")
     rng = np.random.default_rng(seed)
-    side = shape_size_for(size)
 
     def draw_paths():
         return [_trajectory(rng, spec.direction, num_frames, size, side, position_grid) for spec in scene.shapes]
@@ -353,10 +357,11 @@ def make_dataset(
     two_shape_prob: float = 0.3,
     colors=None,
     position_grid: int = 1,
+    shape_size: int | None = None,
 ) -> list[tuple[str, np.ndarray]]:
     """``n`` deterministic (caption, video) pairs; the first k items do not depend on ``n``.
 
-    ``position_grid``: see :func:`render_video`."""
+    ``position_grid``, ``shape_size``: see :func:`render_video`."""
     check_num_frames(num_frames)
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
@@ -366,7 +371,7 @@ def make_dataset(
         scene = sample_scene(rng, two_shape_prob=two_shape_prob, colors=colors)
         video_seed = int(rng.integers(2**31))
         dataset.append((scene.caption(), render_video(scene, num_frames=num_frames, size=size, seed=video_seed,
-                                                    position_grid=position_grid)))
+                                                    position_grid=position_grid, shape_size=shape_size)))
     logger.debug("made %d videos of %d frames at %d px (seed %d)", n, num_frames, size, seed)
     return dataset
 
