@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from receler.errors import UserError, cli_entry, setup_logging  # noqa: E402
 from receler.io_utils import atomic_write, atomic_write_json  # noqa: E402
 from receler.world import make_dataset, scene_from_caption  # noqa: E402
+from receler.world.scenes import check_shape_size  # noqa: E402
 from receler.world import model as world_model  # noqa: E402
 
 logger = logging.getLogger("train_world_model")
@@ -214,8 +215,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UserError(f"--attribute_dropout must be in [0, 1), got {args.attribute_dropout}")
     if args.position_grid < 1:
         raise UserError(f"--position_grid must be at least 1 pixel, got {args.position_grid}")
-    if args.shape_size is not None and not 6 <= args.shape_size <= 60:
-        raise UserError(f"--shape_size must be 6 to 60 px (the 64 px frame less a 2 px margin), got {args.shape_size}")
+    if args.shape_size is not None:
+        try:
+            check_shape_size(args.shape_size, world_model.WIDTH)
+        except ValueError as error:
+            raise UserError(f"--{error}") from None
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
@@ -774,18 +778,18 @@ def main(argv=None) -> dict:
     stage = time.perf_counter()
     cache = state_dir / "latents.pt"
     data = torch.load(cache, map_location="cpu", weights_only=True) if args.resume and cache.is_file() else None
-    same_data = data is not None and data.get("vae_phases") == phases
-    same_world = data is not None and (data.get("position_grid", 1), data.get("shape_size")) == (
-        args.position_grid, args.shape_size)
-    if same_data and same_world:
+    # What the cached latents depend on; caches from before the geometry flags hold the plain world.
+    made_with = {"vae_phases": phases, "position_grid": args.position_grid, "shape_size": args.shape_size}
+    cached_with = None if data is None else {"position_grid": 1, "shape_size": None,
+                                             **{key: data[key] for key in made_with if key in data}}
+    if cached_with == made_with:
         logger.info("reusing the encoded dataset in %s", cache)
     else:
         latents, caption_index, caption_embeds = encode_dataset(pipe, args)
         # Unit-variance latents suit the scheduler's noise levels; the pipeline divides by this on decode.
         scaling_factor = float(1.0 / latents.std())
         data = {"latents": latents * scaling_factor, "caption_index": caption_index,
-                "caption_embeds": caption_embeds, "scaling_factor": scaling_factor, "vae_phases": phases,
-                "position_grid": args.position_grid, "shape_size": args.shape_size}
+                "caption_embeds": caption_embeds, "scaling_factor": scaling_factor, **made_with}
         atomic_write(cache, lambda tmp: torch.save(data, tmp))
         (state_dir / "transformer_state.pt").unlink(missing_ok=True)  # trained on other latents
     latents, caption_index, caption_embeds = data["latents"], data["caption_index"], data["caption_embeds"]

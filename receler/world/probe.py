@@ -41,7 +41,7 @@ from ..errors import UserError, cli_entry, setup_logging
 from ..io_utils import atomic_write_json
 from ..media import frame_grid, save_png
 from . import model as world
-from .scenes import SHAPES, make_dataset, render_video, scene_from_caption
+from .scenes import SHAPES, check_shape_size, make_dataset, render_video, scene_from_caption
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +282,11 @@ def parse_args(argv=None):
         p.error(f"--videos must be at least 1, got {args.videos}")
     if args.position_grid is not None and args.position_grid < 1:
         p.error(f"--position_grid must be at least 1 pixel, got {args.position_grid}")
-    if args.shape_size is not None and not 6 <= args.shape_size <= 60:
-        p.error(f"--shape_size must be 6 to 60 px, got {args.shape_size}")
+    if args.shape_size is not None:
+        try:
+            check_shape_size(args.shape_size, world.WIDTH)
+        except ValueError as error:
+            p.error(f"--{error}")
     for flag in ("starts", "predict_at"):
         text = getattr(args, flag)
         try:

@@ -229,6 +229,13 @@ def shape_size_for(size: int) -> int:
     return max(6, round(size * SHAPE_SIZE_FRACTION))
 
 
+def check_shape_size(side: int, size: int) -> None:
+    """Refuse a shape side that does not fit a ``size`` px frame with its border margin."""
+    largest = size - 2 * BORDER_MARGIN
+    if not 6 <= side <= largest:
+        raise ValueError(f"shape_size must be 6 to {largest} px in a {size} px frame, got {side}")
+
+
 def shape_mask(shape: str, side: int) -> np.ndarray:
     """Boolean ``[side, side]`` stencil of a shape filling its bounding box.
 
@@ -264,24 +271,18 @@ def _trajectory(rng, direction: str, num_frames: int, size: int, side: int, grid
     travel = speed * steps
     dx, dy = DIRECTIONS[direction]
 
-    def start_along(step_sign: int) -> float:
-        offset = rng.uniform(0.0, free - travel)
-        return low + offset if step_sign > 0 else low + travel + offset
-
-    def start_on_grid(step_sign: int) -> float:
-        # The start's allowed range, as in start_along; a grid point inside it, drawn uniformly.
-        first = low + (travel if step_sign < 0 else 0.0)
-        last = low + free - (travel if step_sign > 0 else 0.0)
-        points = np.arange(math.ceil(first / grid) * grid, math.floor(last / grid) * grid + 1, grid)
+    def draw_start(step_sign: int) -> float:
+        # The first start that keeps the whole path inside the frame, and the room after it.
+        first = low + travel if step_sign < 0 else low
+        room = free if step_sign == 0 else free - travel
+        if grid == 1:
+            return first + rng.uniform(0.0, room)
+        points = np.arange(math.ceil(first / grid) * grid, math.floor((first + room) / grid) * grid + 1, grid)
         if len(points) == 0:
             raise ValueError(f"no start on a {grid} px grid fits a {side} px shape in a {size} px frame")
         return float(points[rng.integers(len(points))])
 
-    if grid > 1:
-        x0, y0 = start_on_grid(dx), start_on_grid(dy)
-    else:
-        x0 = start_along(dx) if dx != 0 else low + rng.uniform(0.0, free)
-        y0 = start_along(dy) if dy != 0 else low + rng.uniform(0.0, free)
+    x0, y0 = draw_start(dx), draw_start(dy)
     t = np.arange(num_frames)
     positions = np.stack([x0 + dx * speed * t, y0 + dy * speed * t], axis=1)
     # Integer positions keep the shape's stencil identical in every frame.
@@ -314,8 +315,7 @@ def render_video(
     if position_grid < 1:
         raise ValueError(f"position_grid must be at least 1 pixel, got {position_grid}")
     side = shape_size_for(size) if shape_size is None else shape_size
-    if not 6 <= side <= size - 2 * BORDER_MARGIN:
-        raise ValueError(f"shape_size must be 6 to {size - 2 * BORDER_MARGIN} px in a {size} px frame, got {side}")
+    check_shape_size(side, size)
     rng = np.random.default_rng(seed)
 
     def draw_paths():
