@@ -139,6 +139,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     tr.add_argument("--num_layers", type=int, default=6, help="Transformer blocks.")
     tr.add_argument("--num_heads", type=int, default=8, help="Attention heads (width = heads x head_dim).")
     tr.add_argument("--head_dim", type=int, default=16, help="Channels per attention head.")
+    tr.add_argument("--rotary_positions", action="store_true",
+                    help="Rotary position embeddings in every attention layer (CogVideoX-5b's layout) instead of sincos "
+                         "positions added once to the input (2b's): attention then sees relative offsets, so a shape "
+                         "drawn at one place is the same computation at any other. --head_dim must be a multiple of 16.")
     tr.add_argument("--patch_size", type=int, default=2,
                     help="Latent pixels per token side (2: a 16x16 latent frame is 8x8 tokens).")
     tr.add_argument("--transformer_steps", type=int, default=12000,
@@ -220,6 +224,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             check_shape_size(args.shape_size, world_model.WIDTH)
         except ValueError as error:
             raise UserError(f"--{error}") from None
+    if args.rotary_positions and args.head_dim % 16:
+        raise UserError(f"--rotary_positions splits each head over frames, rows and columns and needs --head_dim a "
+                        f"multiple of 16, got {args.head_dim}")
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
@@ -330,7 +337,7 @@ def build_transformer(args, text_dim: int, spatial_scale: int):
         patch_size=args.patch_size,
         temporal_compression_ratio=4,
         max_text_seq_length=args.text_len,
-        use_rotary_positional_embeddings=False,  # CogVideoX-2b layout: sincos positions
+        use_rotary_positional_embeddings=args.rotary_positions,  # 5b layout if set, else 2b's sincos positions
     )
 
 
@@ -516,10 +523,12 @@ def update_ema(ema, model, decay: float) -> None:
 
 
 def train_transformer(
-    transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=None, state_file=None
+    transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=None, state_file=None,
+    rotary=None,
 ):
     """v-prediction training on precomputed latents; returns the weights to save (EMA if enabled).
 
+    ``rotary`` is the pipeline's rotary position embedding for the latents' size (None for sincos models).
     ``on_eval(step, model)`` is called every ``--eval_every`` steps with the weights that would be saved.
     With ``state_file``, everything needed to continue (weights, average, optimizer, random state, step) is
     saved there every ``--checkpoint_every`` steps, and loaded first when it exists (``--resume``): a resumed
@@ -538,6 +547,10 @@ def train_transformer(
         if trained_shift != args.snr_shift_scale:
             raise UserError(f"{state_file} was trained with --snr_shift_scale {trained_shift}, not "
                             f"{args.snr_shift_scale}: pass that value, or a new --state_dir to start over")
+        trained_rotary = state.get("rotary_positions", False)
+        if trained_rotary != args.rotary_positions:
+            raise UserError(f"{state_file} was trained {'with' if trained_rotary else 'without'} --rotary_positions: "
+                            f"{'pass' if trained_rotary else 'drop'} it, or a new --state_dir to start over")
         transformer.load_state_dict(state["transformer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -563,7 +576,8 @@ def train_transformer(
         noisy = scheduler.add_noise(clean, noise, timesteps)
         target = scheduler.get_velocity(clean, noise, timesteps)
         prediction = transformer(
-            hidden_states=noisy, encoder_hidden_states=text, timestep=timesteps, return_dict=False
+            hidden_states=noisy, encoder_hidden_states=text, timestep=timesteps, image_rotary_emb=rotary,
+            return_dict=False,
         )[0]
         if args.latent_foreground_weight > 0:
             weights = latent_foreground_weights(clean, args.latent_foreground_weight, args.latent_foreground_threshold)
@@ -590,7 +604,8 @@ def train_transformer(
         if state_file is not None and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
             state = {"transformer": transformer.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "running": running,
-                     "step": step + 1, "history": history, "snr_shift_scale": args.snr_shift_scale}
+                     "step": step + 1, "history": history, "snr_shift_scale": args.snr_shift_scale,
+                     "rotary_positions": args.rotary_positions}
             atomic_write(state_file, lambda tmp: torch.save(state, tmp))
     transformer.eval()
     final = ema if ema is not None else transformer
@@ -814,9 +829,13 @@ def main(argv=None) -> dict:
         return {"step": step, **{key: scores[key] for key in ACCURACY_KEYS}}
 
     pipe.set_progress_bar_config(disable=True)
+    # The pipeline's own rotary embedding, so training sees exactly the positions sampling will.
+    rotary = (pipe._prepare_rotary_positional_embeddings(world_model.HEIGHT, world_model.WIDTH, latents.shape[1],
+                                                         torch.device("cpu"))
+              if args.rotary_positions else None)
     trained, transformer_stats = train_transformer(
         transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval,
-        state_file=state_dir / "transformer_state.pt",
+        state_file=state_dir / "transformer_state.pt", rotary=rotary,
     )
     pipe.register_modules(transformer=trained)
     timings["transformer_training_s"] = time.perf_counter() - stage

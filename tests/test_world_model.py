@@ -278,6 +278,44 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypat
             assert torch.equal(a, b), module
 
 
+def test_rotary_positions_train_with_the_embedding_the_pipeline_samples_with(tmp_path, monkeypatch):
+    from diffusers import CogVideoXTransformer3DModel
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    script = load_script()
+    seen = []
+    real_forward = CogVideoXTransformer3DModel.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:
+            seen.append(kwargs.get("image_rotary_emb"))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CogVideoXTransformer3DModel, "forward", spy)
+    args = TINY_ARGS + ["--rotary_positions", "--state_dir", str(tmp_path / "state"), "--checkpoint_every", "1"]
+    script.main(args + ["--output_dir", str(tmp_path / "world"), "--eval_prompts", "1", "--eval_inference_steps", "1",
+                        "--eval_guidance", "1"])
+    pipe = CogVideoXPipeline.from_pretrained(tmp_path / "world", local_files_only=True)
+    assert pipe.transformer.config.use_rotary_positional_embeddings
+    # TINY_ARGS: 64 px frames, four VAE levels (8x) and patch 2 -> a 4 x 4 token grid; 9 frames -> 3 latent frames.
+    # Each head's 16 channels: 4 for time, 6 for rows, 6 for columns.
+    expected_cos, expected_sin = get_3d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4), 3)
+    assert len(seen) == 2  # both training steps
+    for cos, sin in seen:
+        assert cos.shape == (3 * 4 * 4, 16)
+        assert torch.allclose(cos, expected_cos) and torch.allclose(sin, expected_sin)
+    # The two positions at the same place one frame apart differ only in the time channels.
+    assert torch.allclose(seen[0][0][0, 4:], seen[0][0][16, 4:]) and not torch.allclose(seen[0][0][0, :4],
+                                                                                          seen[0][0][16, :4])
+    # A state trained with rotary positions is not continued without them, nor the other way round.
+    with pytest.raises(SystemExit) as refused:
+        script.main(TINY_ARGS + ["--state_dir", str(tmp_path / "state"), "--resume", "--skip_eval",
+                                 "--output_dir", str(tmp_path / "other")])
+    assert refused.value.code == 2 and not (tmp_path / "other").exists()
+    with pytest.raises(UserError, match="--head_dim"):
+        script.parse_args(["--rotary_positions", "--head_dim", "24"])
+
+
 def test_a_resume_in_another_world_geometry_encodes_its_own_latents(tmp_path):
     script = load_script()
     args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state")]
@@ -453,6 +491,27 @@ def test_the_probe_denoises_exactly_as_the_pipeline_generates(bundled_pipe):
     assert (late - latents).pow(2).mean() < 0.1 * latents.pow(2).mean()
 
 
+def test_the_probe_denoises_a_rotary_model_as_its_pipeline_generates():
+    """Models with rotary positions (CogVideoX-5b's layout, --rotary_positions) need the embedding on every call."""
+    from receler.tiny.cogvideox import build_tiny_cogvideox
+    from receler.world import probe
+
+    pipe = build_tiny_cogvideox(seed=1, scheduler="ddim", rotary=True)
+    pipe.set_progress_bar_config(disable=True)
+    captions = ["a red square moving up on a gray background", "a blue circle moving left on a black background"]
+    embeds = probe.embed(pipe, captions)
+    noise = torch.randn(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(2))  # 9 frames of 32 x 32
+    ours = probe.denoise_from(pipe, torch.zeros_like(noise), embeds, 0, noise, num_inference_steps=3)
+    theirs = pipe(prompt=captions, guidance_scale=1.0, num_inference_steps=3, num_frames=9, height=32, width=32,
+                  latents=noise.clone(), max_sequence_length=pipe.transformer.config.max_text_seq_length,
+                  output_type="latent").frames
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    # Without the embedding the same transformer predicts something else: the test above would see a missing one.
+    t = torch.tensor([500, 500])
+    without = pipe.transformer(hidden_states=noise, encoder_hidden_states=embeds, timestep=t, return_dict=False)[0]
+    assert not torch.allclose(probe.transformer_velocity(pipe, noise, embeds, t), without, atol=1e-4)
+
+
 def test_the_probes_one_step_estimate_inverts_the_velocity_and_matches_the_scheduler():
     """``predict_clean`` turns the transformer's velocity into clean latents: handed the true velocity it returns
     the latents exactly, and for any velocity it agrees with the estimate diffusers' own DDIM step reports."""
@@ -467,10 +526,12 @@ def test_the_probes_one_step_estimate_inverts_the_velocity_and_matches_the_sched
     timestep = 99
     seen = []
 
-    def oracle(hidden_states, encoder_hidden_states, timestep, return_dict):
+    def oracle(hidden_states, encoder_hidden_states, timestep, image_rotary_emb, return_dict):
         seen.append(timestep)
         return (scheduler.get_velocity(latents, noise, timestep),)
 
+    sincos = SimpleNamespace(use_rotary_positional_embeddings=False)
+    oracle.config = sincos
     pipe = SimpleNamespace(scheduler=scheduler, transformer=oracle)
     estimate = probe.predict_clean(pipe, latents, None, timestep, noise)
     torch.testing.assert_close(estimate, latents, atol=1e-5, rtol=1e-5)
@@ -478,6 +539,7 @@ def test_the_probes_one_step_estimate_inverts_the_velocity_and_matches_the_sched
 
     guess = torch.randn(latents.shape, generator=generator)
     pipe.transformer = lambda **kwargs: (guess,)
+    pipe.transformer.config = sincos
     scheduler.set_timesteps(30)
     noisy = scheduler.add_noise(latents, noise, torch.tensor([timestep]))
     theirs = scheduler.step(guess, timestep, noisy).pred_original_sample

@@ -67,6 +67,18 @@ def decode(pipe, latents: torch.Tensor) -> list[np.ndarray]:
     return [world.to_uint8_video(v) for v in frames]
 
 
+def transformer_velocity(pipe, latents: torch.Tensor, embeds: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The transformer's velocity for ``latents [B, F_latent, C, h, w]``, with the rotary position embedding the
+    pipeline would pass for latents of this size (models with ``use_rotary_positional_embeddings``)."""
+    rotary = None
+    if pipe.transformer.config.use_rotary_positional_embeddings:
+        scale = pipe.vae_scale_factor_spatial
+        rotary = pipe._prepare_rotary_positional_embeddings(latents.shape[-2] * scale, latents.shape[-1] * scale,
+                                                            latents.shape[1], latents.device)
+    return pipe.transformer(hidden_states=latents, encoder_hidden_states=embeds, timestep=timesteps,
+                            image_rotary_emb=rotary, return_dict=False)[0]
+
+
 @torch.no_grad()
 def denoise_from(pipe, latents: torch.Tensor, embeds: torch.Tensor, start: int, noise: torch.Tensor,
                  num_inference_steps: int = world.NUM_INFERENCE_STEPS) -> torch.Tensor:
@@ -78,8 +90,7 @@ def denoise_from(pipe, latents: torch.Tensor, embeds: torch.Tensor, start: int, 
     steps = scheduler.timesteps[start:]
     x = scheduler.add_noise(latents, noise, steps[:1].repeat(len(latents)))
     for t in steps:
-        velocity = pipe.transformer(hidden_states=x, encoder_hidden_states=embeds, timestep=t.repeat(len(x)),
-                                    return_dict=False)[0]
+        velocity = transformer_velocity(pipe, x, embeds, t.repeat(len(x)))
         x = scheduler.step(velocity, t, x, return_dict=False)[0]
     return x
 
@@ -91,7 +102,7 @@ def predict_clean(pipe, latents: torch.Tensor, embeds: torch.Tensor, timestep: i
     scheduler = pipe.scheduler
     t = torch.full((len(latents),), timestep)
     noisy = scheduler.add_noise(latents, noise, t)
-    velocity = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, timestep=t, return_dict=False)[0]
+    velocity = transformer_velocity(pipe, noisy, embeds, t)
     signal = scheduler.alphas_cumprod[timestep]
     return signal.sqrt() * noisy - (1 - signal).sqrt() * velocity
 
