@@ -183,6 +183,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="Also measure colour accuracy on the 14 quick prompts every N transformer steps (0: never).")
     ev.add_argument("--log_every", type=int, default=200, help="Log the running loss every N steps.")
 
+    parser.add_argument("--device", default="cpu",
+                        help="Where the VAE and transformer train and the checks render: cpu, cuda or cuda:N. The data, "
+                             "the random streams and the checkpoints stay on the CPU, so a run resumes on either.")
     state = parser.add_argument_group("resuming (training takes hours on a CPU)")
     state.add_argument("--state_dir", default="runs/world-model-state",
                        help="Where the trained VAE stage and transformer checkpoints go while training.")
@@ -227,6 +230,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.rotary_positions and args.head_dim % 16:
         raise UserError(f"--rotary_positions splits each head over frames, rows and columns and needs --head_dim a "
                         f"multiple of 16, got {args.head_dim}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: this torch sees no CUDA device; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {args.device}: only cpu and cuda are supported")
+    args.device = str(device)  # a plain string, as written to training_summary.json
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
@@ -383,8 +395,8 @@ def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_
     latents = posterior.sample(generator=generator)
     if latent_noise > 0:
         scale = latent_noise * latents.std().detach()
-        level = torch.rand(len(latents), 1, 1, 1, 1, generator=generator) * scale
-        latents = latents + level * torch.randn(latents.shape, generator=generator)
+        level = torch.rand(len(latents), 1, 1, 1, 1, generator=generator).to(latents.device) * scale
+        latents = latents + level * torch.randn(latents.shape, generator=generator).to(latents.device)
     reconstruction = vae.decode(latents).sample
     weights = foreground_weights(video, args.vae_foreground_weight)
     rec = ((reconstruction - video) ** 2 * weights).mean() / weights.mean()
@@ -433,7 +445,7 @@ def train_vae(vae, args) -> dict:
 def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, step: int, steps: int, running, progress,
              latent_noise: float = 0.0):
     """One VAE update on ``batch`` (uint8 videos); returns the running reconstruction loss (and logs it)."""
-    loss, rec, kl = vae_loss(vae, world_model.to_model_video(batch), args, generator, latent_noise)
+    loss, rec, kl = vae_loss(vae, world_model.to_model_video(batch).to(vae.device), args, generator, latent_noise)
     if not torch.isfinite(loss):
         raise RuntimeError(f"VAE loss is not finite at {phase} step {step}; lower the VAE learning rate")
     optimizer.zero_grad(set_to_none=True)
@@ -573,6 +585,8 @@ def train_transformer(
         text = torch.where(dropped[:, None, None], empty_embed, text)
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(num_train_timesteps, (args.batch_size,), generator=generator)
+        # Drawn on the CPU (one random stream whatever the device), computed on the transformer's device.
+        clean, text, noise, timesteps = (t.to(args.device) for t in (clean, text, noise, timesteps))
         noisy = scheduler.add_noise(clean, noise, timesteps)
         target = scheduler.get_velocity(clean, noise, timesteps)
         prediction = transformer(
@@ -656,7 +670,7 @@ ACCURACY_KEYS = ("color_accuracy", "shape_accuracy", "direction_accuracy", "back
 
 def evaluate(folder: Path, args) -> dict:
     """Render the check prompts with the reloaded model at each guidance scale and score them."""
-    pipe = world_model.load_world_pipeline(folder, dtype=torch.float32)
+    pipe = world_model.load_world_pipeline(folder, dtype=torch.float32, device=args.device)
     prompts = world_model.check_prompts(quick=False)
     if args.eval_prompts is not None:
         prompts = prompts[: args.eval_prompts]
@@ -707,7 +721,8 @@ def vae_check(vae, args, latent_noise: float = 0.2) -> dict:
     noisy = latents + latent_noise * latents.std() * torch.randn(latents.shape, generator=generator)
     result = {}
     for name, code in (("clean", latents), (f"latent noise {latent_noise:g}", noisy)):
-        decoded = torch.cat([vae.decode(code[start : start + 16]).sample for start in range(0, count, 16)])
+        decoded = torch.cat([vae.decode(code[start : start + 16].to(vae.device)).sample.cpu()
+                             for start in range(0, count, 16)])
         frames = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
         scores = world_model.score_videos(list(frames), captions)
         logger.info("VAE reconstructions (%s): %s (%d videos)", name, _accuracies(scores), count)
@@ -762,11 +777,14 @@ def main(argv=None) -> dict:
     stage = time.perf_counter()
     if args.vae_from is not None:
         tokenizer, text_encoder, vae, vae_stats = load_frozen_parts(args)
+        vae.to(args.device)
+        text_encoder.to(args.device)
         phases, saved_stats = vae_phases_done(Path(args.vae_from))
         vae_stats = {**vae_stats, **saved_stats}
     else:
         tokenizer, text_encoder = build_text_encoder(args)
-        vae = build_vae(args)
+        vae = build_vae(args).to(args.device)
+        text_encoder.to(args.device)
         logger.info("training the VAE (%d parameters): %d steps on frames, %d on clips", count_parameters(vae),
                     args.vae_image_steps, args.vae_steps)
         vae_stats, phases = train_vae(vae, args), ["frames", "clips"]
@@ -785,6 +803,7 @@ def main(argv=None) -> dict:
 
     spatial_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     transformer = build_transformer(args, text_dim=text_encoder.config.d_model, spatial_scale=spatial_scale)
+    transformer.to(args.device)
     scheduler = build_scheduler(args)
     pipe = CogVideoXPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
@@ -831,7 +850,7 @@ def main(argv=None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     # The pipeline's own rotary embedding, so training sees exactly the positions sampling will.
     rotary = (pipe._prepare_rotary_positional_embeddings(world_model.HEIGHT, world_model.WIDTH, latents.shape[1],
-                                                         torch.device("cpu"))
+                                                         args.device)
               if args.rotary_positions else None)
     trained, transformer_stats = train_transformer(
         transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval,

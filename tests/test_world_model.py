@@ -316,6 +316,34 @@ def test_rotary_positions_train_with_the_embedding_the_pipeline_samples_with(tmp
         script.parse_args(["--rotary_positions", "--head_dim", "24"])
 
 
+def test_the_device_flag_names_what_is_wrong():
+    script = load_script()
+    assert script.parse_args([]).device == "cpu"
+    assert script.parse_args(["--device", "cpu"]).device == "cpu"
+    for bad in ("gpu0", "mps"):
+        with pytest.raises(UserError, match="--device"):
+            script.parse_args(["--device", bad])
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device; use --device cpu"):
+            script.parse_args(["--device", "cuda"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_run_draws_the_cpu_runs_random_stream_and_saves_a_cpu_loadable_folder(tmp_path):
+    """On a GPU the data and random streams stay on the CPU: the first losses match the CPU run's to float error."""
+    script = load_script()
+    summaries = {}
+    for device in ("cpu", "cuda"):
+        summaries[device] = script.main(TINY_ARGS + ["--device", device, "--skip_eval", "--state_dir",
+                                                     str(tmp_path / f"state-{device}"), "--output_dir",
+                                                     str(tmp_path / device)])
+    assert summaries["cuda"]["args"]["device"] == "cuda"
+    cpu_loss, cuda_loss = (summaries[d]["transformer"]["final_loss"] for d in ("cpu", "cuda"))
+    assert cuda_loss == pytest.approx(cpu_loss, rel=0.05)
+    pipe = CogVideoXPipeline.from_pretrained(tmp_path / "cuda", local_files_only=True)
+    assert {p.device.type for p in pipe.transformer.parameters()} == {"cpu"}
+
+
 def test_a_resume_in_another_world_geometry_encodes_its_own_latents(tmp_path):
     script = load_script()
     args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state")]

@@ -98,26 +98,28 @@ def shape_positions(latents: torch.Tensor, threshold: float = 0.3) -> torch.Tens
 
 @torch.no_grad()
 def encode_videos(vae, videos: np.ndarray, batch_size: int = 16) -> torch.Tensor:
-    """Posterior means, in the transformer's layout ``[B, F_latent, C, h, w]`` (unscaled)."""
+    """Posterior means, in the transformer's layout ``[B, F_latent, C, h, w]`` (unscaled), on the CPU whatever
+    device the VAE is on."""
     latents = []
     for start in range(0, len(videos), batch_size):
-        mean = vae.encode(to_model_video(videos[start : start + batch_size])).latent_dist.mode()
-        latents.append(mean.permute(0, 2, 1, 3, 4))
+        mean = vae.encode(to_model_video(videos[start : start + batch_size]).to(vae.device)).latent_dist.mode()
+        latents.append(mean.permute(0, 2, 1, 3, 4).cpu())
     return torch.cat(latents)
 
 
 @torch.no_grad()
 def embed_prompts(pipe, prompts: list[str], text_len: int, batch_size: int = 256) -> torch.Tensor:
-    """The pipeline's own prompt embeddings (no classifier-free guidance), ``text_len`` tokens each."""
+    """The pipeline's own prompt embeddings (no classifier-free guidance), ``text_len`` tokens each, on the CPU
+    whatever device the text encoder is on."""
     embeds = []
     for start in range(0, len(prompts), batch_size):
         prompt_embeds, _ = pipe.encode_prompt(
             prompts[start : start + batch_size],
             do_classifier_free_guidance=False,
             max_sequence_length=text_len,
-            device=torch.device("cpu"),
+            device=pipe.text_encoder.device,
         )
-        embeds.append(prompt_embeds)
+        embeds.append(prompt_embeds.cpu())
     return torch.cat(embeds)
 
 
