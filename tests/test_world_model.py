@@ -615,7 +615,8 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     schedule.set_timesteps(30)
     for index in (29, 27):  # the default --predict_at
         assert f"predicted from t={int(schedule.timesteps[index])}" in stages
-    assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0}  # ground truth reads right
+    assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0,  # ground truth reads right
+                       "shape_first_frame": 1.0, "shape_later_frames": 1.0}
     written = json.loads(out.read_text())
     assert written["rows"] == rows
     assert written["world"] == {"position_grid": 1, "shape_size": None}  # the bundled model's: the plain world
@@ -637,6 +638,29 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     label_width = image.shape[1] - 6 * 66 - 2
     truth = make_dataset(6, seed=777, two_shape_prob=0.0)[0][1]
     assert np.array_equal(image[2:66, label_width + 2 : label_width + 66], truth[len(truth) // 2])
+
+
+def test_the_probe_reads_the_first_frames_shape_apart_from_the_later_frames():
+    from dataclasses import replace
+
+    from receler.world.probe import accuracies, table
+    from receler.world.scenes import Scene, ShapeSpec, render_video
+
+    scenes = [Scene((ShapeSpec("red", "circle", "right"),), "gray"), Scene((ShapeSpec("blue", "triangle", "up"),),
+                                                                            "black")]
+    captions = [scene.caption() for scene in scenes]
+    videos = []
+    for index, scene in enumerate(scenes):
+        right = render_video(scene, seed=index)
+        wrong = render_video(replace(scene, shapes=[replace(scene.shapes[0], shape="square")]), seed=index)
+        videos.append(np.concatenate([right[:1], wrong[1:]]))  # the first frame right, the 8 others a square
+    row = accuracies(videos, captions)
+    assert row["shape_first_frame"] == 1.0 and row["shape_later_frames"] == 0.0
+    assert row["shape"] == 0.0  # the majority over frames
+    videos[1] = render_video(scenes[1], seed=1)  # now wholly right: 9 of the 16 later frames
+    row = accuracies(videos, captions)
+    assert row["shape_first_frame"] == 1.0 and row["shape_later_frames"] == 8 / 16
+    assert "| 100% / 50% |" in table([{"stage": "x", **row}])
 
 
 def test_shift_video_draws_the_scene_where_the_world_would_draw_it_moved():
