@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -167,6 +166,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "divided by this before the schedule is rescaled to end with no signal. Saved with the "
                          "model's scheduler, so training and sampling agree. 3.0 is CogVideoX-2b's value, tuned for "
                          "large latents; 1.0 is the plain schedule, which keeps more signal at each step.")
+    tr.add_argument("--min_snr_gamma", type=float, default=0.0,
+                    help="Min-SNR loss weighting (Hang et al., 2023): each sample's loss is weighted so that, in terms "
+                         "of the clean latents, it counts min(SNR, gamma) times. The plain v-prediction loss weights "
+                         "clean-latent errors by SNR + 1, so the nearly clean timesteps, where the model only copies "
+                         "its input, dominate; capping them leaves more of the training to the middle noise levels, "
+                         "where a shape is decided. 5 is the paper's value; 0 keeps the plain loss.")
     tr.add_argument("--latent_foreground_threshold", type=float, default=0.3,
                     help="A latent position is foreground where its distance from the frame's median latent is above "
                          "this fraction of the frame's largest distance (0.3 marks ~19%% of positions).")
@@ -239,6 +244,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {args.device}: only cpu and cuda are supported")
     args.device = str(device)  # a plain string, as written to training_summary.json
+    if args.min_snr_gamma < 0:
+        raise UserError(f"--min_snr_gamma must be >= 0 (0: the plain loss), got {args.min_snr_gamma}")
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
@@ -378,6 +385,15 @@ def foreground_weights(video: torch.Tensor, extra: float) -> torch.Tensor:
     background = video[:, :, :, :1, :1]
     shapes = (video - background).abs().amax(dim=1, keepdim=True) > 0.1
     return 1.0 + extra * shapes.float()
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample weights of the v-prediction loss that make each timestep count min(SNR, ``gamma``) in clean-latent
+    error: the v error is the clean-latent error divided by the noise std, so the plain v loss weights the latter by
+    1 / sigma^2 = SNR + 1."""
+    signal = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = signal / (1 - signal)
+    return snr.clamp(max=gamma) / (snr + 1)
 
 
 def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: float) -> torch.Tensor:
@@ -595,9 +611,12 @@ def train_transformer(
         )[0]
         if args.latent_foreground_weight > 0:
             weights = latent_foreground_weights(clean, args.latent_foreground_weight, args.latent_foreground_threshold)
-            loss = ((prediction - target) ** 2 * weights).mean() / weights.mean()  # the same weights on every channel
+            squared = (prediction - target) ** 2 * weights / weights.mean()  # the same weights on every channel
         else:
-            loss = F.mse_loss(prediction, target)
+            squared = (prediction - target) ** 2
+        if args.min_snr_gamma > 0:
+            squared = squared * min_snr_weights(scheduler, timesteps, args.min_snr_gamma).view(-1, 1, 1, 1, 1)
+        loss = squared.mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"transformer loss is not finite at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)

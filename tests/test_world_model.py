@@ -204,7 +204,7 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     state = ["--state_dir", str(tmp_path / "state")]
     summary = script.main(
         TINY_ARGS + state + ["--output_dir", str(folder), "--eval_prompts", "2", "--eval_inference_steps", "2",
-                             "--eval_guidance", "1,3", "--snr_shift_scale", "2"]
+                             "--eval_guidance", "1,3", "--snr_shift_scale", "2", "--min_snr_gamma", "5"]
     )
 
     pipe = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
@@ -218,7 +218,8 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
 
     written = json.loads((folder / "training_summary.json").read_text())
     assert written["seed"] == 0
-    assert written["args"]["transformer_steps"] == 2
+    assert written["args"]["transformer_steps"] == 2 and written["args"]["min_snr_gamma"] == 5.0
+    assert math.isfinite(written["transformer"]["final_loss"])
     assert set(written["evaluation"]["by_guidance"]) == {"1", "3"}
     for result in written["evaluation"]["by_guidance"].values():
         assert 0.0 <= result["color_accuracy"] <= 1.0
@@ -231,7 +232,8 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state", "world"]
 
     # A second run replaces the model in place, and the same seed gives the same weights.
-    script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval", "--snr_shift_scale", "2"])
+    script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval", "--snr_shift_scale", "2",
+                                     "--min_snr_gamma", "5"])
     again = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
     for before, after in zip(pipe.transformer.state_dict().values(), again.transformer.state_dict().values()):
         assert torch.equal(before, after)
@@ -427,6 +429,32 @@ def test_snr_shift_scale_divides_the_signal_to_noise_ratio_before_the_zero_termi
     assert script.parse_args([]).snr_shift_scale == 3.0  # CogVideoX-2b's, which the bundled model was trained with
     with pytest.raises(UserError, match="--snr_shift_scale"):
         script.parse_args(["--snr_shift_scale", "0"])
+
+
+def test_min_snr_weights_count_each_timestep_min_snr_gamma_times_in_clean_latent_error():
+    script = load_script()
+    by_hand = SimpleNamespace(alphas_cumprod=torch.tensor([0.8, 0.5, 0.0, 0.99]))  # SNR 4, 1, 0, 99
+    steps = torch.arange(4)
+    torch.testing.assert_close(script.min_snr_weights(by_hand, steps, 5.0), torch.tensor([4 / 5, 1 / 2, 0, 5 / 100]))
+    torch.testing.assert_close(script.min_snr_weights(by_hand, steps, 1.0), torch.tensor([1 / 5, 1 / 2, 0, 1 / 100]))
+
+    # On the real schedule: the weighted v-prediction error equals min(SNR, gamma) times the error of the clean
+    # latents the same prediction implies (x0 = sqrt(a) x_t - sqrt(1 - a) v).
+    scheduler = script.build_scheduler(script.parse_args([]))
+    generator = torch.Generator().manual_seed(0)
+    clean, noise, guess = (torch.randn(3, 2, 4, 4, 4, generator=generator) for _ in range(3))
+    timesteps = torch.tensor([10, 400, 900])
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    target = scheduler.get_velocity(clean, noise, timesteps)
+    signal = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+    implied = signal.sqrt() * noisy - (1 - signal).sqrt() * guess
+    snr = (signal / (1 - signal)).flatten()
+    for gamma in (0.5, 5.0):
+        ours = script.min_snr_weights(scheduler, timesteps, gamma) * (guess - target).pow(2).flatten(1).mean(1)
+        theirs = snr.clamp(max=gamma) * (implied - clean).pow(2).flatten(1).mean(1)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    with pytest.raises(UserError, match="--min_snr_gamma"):
+        script.parse_args(["--min_snr_gamma", "-1"])
 
 
 def test_learning_rate_schedule_and_foreground_weights():
