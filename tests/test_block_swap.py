@@ -369,6 +369,11 @@ def test_training_cli_with_swap_writes_the_same_erasers(tiny_cogvideox_dir, tiny
     _, swapped = tiny_runs.train(tiny_cogvideox_dir, "--use_cpu_offload", "--blocks_to_swap", "1", "--max_steps", "2",
                                  name="swapped")
     a, b = tiny_runs.tensors(plain), tiny_runs.tensors(swapped)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    # Equal to float rounding: bit for bit on some CPUs, not on others (an AMD EPYC differs by 5e-6 on weights of
+    # 0.2, the plain run against itself not at all), since the swapped blocks' tensors are fresh copies and the CPU
+    # kernels may pick another summation order for them. A wrong swap moves the weights by the update itself (1e-2).
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5, msg=k)
     resolved = json.loads((swapped / "args.json").read_text())["resolved"]
     assert (resolved["blocks_to_swap"], resolved["checkpoint_blocks"]) == (1, 2)

@@ -1,8 +1,10 @@
 """Stacked erasers: the sum of their outputs, equal to one eraser built by hand to compute that sum; refused across
 families; and a single eraser loads again over a stack."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from receler.checkpoint import CheckpointError, load_eraser_stack, load_erasers, save_eraser_folder
 from receler.erasers.utils import erasers_disabled
@@ -97,9 +99,14 @@ def test_the_inference_cli_renders_a_stack_as_the_summed_eraser(tmp_path, tiny_c
     test_cogvideo.main(common + ["--eraser_path", str(tmp_path / "a"), str(tmp_path / "b"), "--eraser_weight", "0.5",
                                  "2", "--output_dir", str(tmp_path / "stacked")])
     test_cogvideo.main(common + ["--eraser_path", str(tmp_path / "sum"), "--output_dir", str(tmp_path / "single")])
+    # The frame grids are lossless: the two renders agree to the rounding of float pixels to 8 bits. The mp4 files
+    # go through H.264's YUV 4:2:0 round trip, which can turn a 1-level difference into 2.
+    stacked, single = (np.asarray(Image.open(tmp_path / name / "a_red_car_grid.png")).astype(int)
+                       for name in ("stacked", "single"))
+    assert np.abs(stacked - single).max() <= 1
     stacked, = (tmp_path / "stacked").glob("*_erased.mp4")
     single, = (tmp_path / "single").glob("*_erased.mp4")
-    assert (read_video(stacked).astype(int) - read_video(single).astype(int)).__abs__().max() <= 1  # encoder rounding
+    assert (read_video(stacked).astype(int) - read_video(single).astype(int)).__abs__().max() <= 2
     with pytest.raises(SystemExit) as exit_info:
         test_cogvideo.main(common + ["--eraser_path", str(tmp_path / "a"), str(tmp_path / "b"), "--eraser_weight",
                                      "1", "2", "3", "--output_dir", str(tmp_path / "bad")])
