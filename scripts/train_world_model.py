@@ -13,7 +13,7 @@ Three stages, all on CPU, reproducible from ``--seed`` (same machine, same threa
    works). Latents and prompt embeddings are computed once, so a step costs the transformer only.
 
 The VAE and transformer are saved in float16 (a few MB in all); the folder is reloaded in float32
-and the reloaded pipeline is evaluated with the pixel classifier on the world's 72 evaluation
+and the reloaded pipeline is evaluated with the pixel classifier on the world's 168 check
 prompts; the accuracies go into ``training_summary.json`` in the folder.
 
     python scripts/train_world_model.py --output_dir models/world-cogvideox --seed 0
@@ -185,10 +185,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ev.add_argument("--eval_inference_steps", type=int, default=world_model.NUM_INFERENCE_STEPS,
                     help="DDIM steps per rendered video.")
     ev.add_argument("--eval_prompts", type=int, default=None,
-                    help="Evaluate only the first N of the 72 evaluation prompts (default: all).")
+                    help="Evaluate only the first N of the 168 check prompts (default: all).")
     ev.add_argument("--skip_eval", action="store_true", help="Save the model without measuring it.")
     ev.add_argument("--eval_every", type=int, default=1000,
-                    help="Also measure colour accuracy on the 14 quick prompts every N transformer steps (0: never).")
+                    help="Also score the 35 quick check prompts (colour, shape, direction, background, two-shape scenes) "
+                         "every N transformer steps, at guidance 1 (0: never).")
     ev.add_argument("--log_every", type=int, default=200, help="Log the running loss every N steps.")
 
     parser.add_argument("--device", default="cpu",
