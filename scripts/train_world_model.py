@@ -871,10 +871,7 @@ def main(argv=None) -> dict:
         return {"step": step, **{key: scores[key] for key in ACCURACY_KEYS}}
 
     pipe.set_progress_bar_config(disable=True)
-    # The pipeline's own rotary embedding, so training sees exactly the positions sampling will.
-    rotary = (pipe._prepare_rotary_positional_embeddings(world_model.HEIGHT, world_model.WIDTH, latents.shape[1],
-                                                         args.device)
-              if args.rotary_positions else None)
+    rotary = world_model.rotary_embedding(pipe, latents.shape, args.device)  # None with sincos positions
     trained, transformer_stats = train_transformer(
         transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval,
         state_file=state_dir / "transformer_state.pt", rotary=rotary,

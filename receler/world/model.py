@@ -96,6 +96,17 @@ def shape_positions(latents: torch.Tensor, threshold: float = 0.3) -> torch.Tens
     return distance / farthest > threshold
 
 
+def rotary_embedding(pipe, latent_shape, device):
+    """The rotary position embedding the pipeline passes its transformer for latents of ``latent_shape``
+    ``[B, F_latent, C, h, w]`` (the pipeline's own computation, so training, probing and sampling agree), or None
+    for a transformer with sincos positions."""
+    if not pipe.transformer.config.use_rotary_positional_embeddings:
+        return None
+    scale = pipe.vae_scale_factor_spatial
+    return pipe._prepare_rotary_positional_embeddings(latent_shape[-2] * scale, latent_shape[-1] * scale,
+                                                      latent_shape[1], device)
+
+
 @torch.no_grad()
 def encode_videos(vae, videos: np.ndarray, batch_size: int = 16) -> torch.Tensor:
     """Posterior means, in the transformer's layout ``[B, F_latent, C, h, w]`` (unscaled), on the CPU whatever

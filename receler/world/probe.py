@@ -85,11 +85,7 @@ def decode(pipe, latents: torch.Tensor) -> list[np.ndarray]:
 def transformer_velocity(pipe, latents: torch.Tensor, embeds: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """The transformer's velocity for ``latents [B, F_latent, C, h, w]``, with the rotary position embedding the
     pipeline would pass for latents of this size (models with ``use_rotary_positional_embeddings``)."""
-    rotary = None
-    if pipe.transformer.config.use_rotary_positional_embeddings:
-        scale = pipe.vae_scale_factor_spatial
-        rotary = pipe._prepare_rotary_positional_embeddings(latents.shape[-2] * scale, latents.shape[-1] * scale,
-                                                            latents.shape[1], latents.device)
+    rotary = world.rotary_embedding(pipe, latents.shape, latents.device)
     return pipe.transformer(hidden_states=latents, encoder_hidden_states=embeds, timestep=timesteps,
                             image_rotary_emb=rotary, return_dict=False)[0]
 
