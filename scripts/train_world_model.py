@@ -175,6 +175,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "weight is 0.15 at t=10, 0.73 at t=99, 0.49 at t=199, 0.18 at t=399 and 0.05 at t=599, so "
                          "most of the training goes to t=30-300, where the probe sees shapes lost. 0 keeps the plain "
                          "loss.")
+    tr.add_argument("--pixel_loss_weight", type=float, default=0.0,
+                    help="Adds this times a pixel-space loss: the clean latents the v prediction implies and the true "
+                         "ones are both decoded by the (frozen) VAE and compared in pixels, weighted by 1 / sigma^2 as "
+                         "the v loss weighs clean-latent error. The VAE packs shape into small latent differences "
+                         "(a circle and a square of one colour lie far closer than circles of two colours), so the "
+                         "latent loss barely rewards drawing the right shape; in pixels the corners that tell them "
+                         "apart count in full. Costs one decode with gradients per --pixel_loss_videos video. 0 keeps "
+                         "the latent loss alone.")
+    tr.add_argument("--pixel_loss_videos", type=int, default=8,
+                    help="How many videos of each batch (the first ones) get the --pixel_loss_weight term.")
     tr.add_argument("--latent_foreground_threshold", type=float, default=0.3,
                     help="A latent position is foreground where its distance from the frame's median latent is above "
                          "this fraction of the frame's largest distance (0.3 marks ~19%% of positions).")
@@ -250,6 +260,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.device = str(device)  # a plain string, as written to training_summary.json
     if args.min_snr_gamma < 0:
         raise UserError(f"--min_snr_gamma must be >= 0 (0: the plain loss), got {args.min_snr_gamma}")
+    pixel_videos_fit = 1 <= args.pixel_loss_videos <= args.batch_size
+    if args.pixel_loss_weight < 0 or (args.pixel_loss_weight > 0 and not pixel_videos_fit):
+        raise UserError(f"--pixel_loss_weight must be >= 0 and --pixel_loss_videos between 1 and --batch_size "
+                        f"({args.batch_size}), got {args.pixel_loss_weight} and {args.pixel_loss_videos}")
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
@@ -398,6 +412,26 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
     signal = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = signal / (1 - signal)
     return snr.clamp(max=gamma) / (snr + 1)
+
+
+def decoded_v_loss(vae, scheduler, noisy, prediction, clean, timesteps) -> torch.Tensor:
+    """Per-sample pixel MSE between the decoded clean-latent estimate that a v prediction implies and the decoded
+    clean latents, divided by sigma^2 (so each timestep weighs it as the v loss weighs clean-latent error).
+
+    Latents are in the transformer's layout ``[B, F, C, h, w]``, scaled by ``vae.config.scaling_factor``. From
+    ``x_t = alpha x_0 + sigma noise`` and ``v = alpha noise - sigma x_0`` the estimate is ``alpha x_t - sigma v``.
+    Gradients reach ``prediction`` through the decoder; the VAE itself is not trained.
+    """
+    signal = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    alpha, sigma = signal.sqrt().view(-1, 1, 1, 1, 1), (1 - signal).sqrt().view(-1, 1, 1, 1, 1)
+    estimate = alpha * noisy - sigma * prediction
+
+    def decode(latents):
+        return vae.decode((latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4)).sample
+
+    with torch.no_grad():
+        truth = decode(clean)
+    return (decode(estimate) - truth).pow(2).flatten(1).mean(1) / sigma.flatten() ** 2
 
 
 def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: float) -> torch.Tensor:
@@ -556,11 +590,12 @@ def update_ema(ema, model, decay: float) -> None:
 
 def train_transformer(
     transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=None, state_file=None,
-    rotary=None,
+    rotary=None, vae=None,
 ):
     """v-prediction training on precomputed latents; returns the weights to save (EMA if enabled).
 
     ``rotary`` is the pipeline's rotary position embedding for the latents' size (None for sincos models).
+    ``vae`` decodes for ``--pixel_loss_weight`` (frozen here; needed only when the weight is positive).
     ``on_eval(step, model)`` is called every ``--eval_every`` steps with the weights that would be saved.
     With ``state_file``, everything needed to continue (weights, average, optimizer, random state, step) is
     saved there every ``--checkpoint_every`` steps, and loaded first when it exists (``--resume``): a resumed
@@ -568,6 +603,8 @@ def train_transformer(
     """
     from tqdm.auto import tqdm
 
+    if args.pixel_loss_weight > 0:
+        vae.eval().requires_grad_(False)
     generator = torch.Generator().manual_seed(args.seed + 300)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ema = copy.deepcopy(transformer).requires_grad_(False) if args.ema_decay > 0 else None
@@ -621,6 +658,10 @@ def train_transformer(
         if args.min_snr_gamma > 0:
             squared = squared * min_snr_weights(scheduler, timesteps, args.min_snr_gamma).view(-1, 1, 1, 1, 1)
         loss = squared.mean()
+        if args.pixel_loss_weight > 0:
+            count = args.pixel_loss_videos
+            pixel = decoded_v_loss(vae, scheduler, noisy[:count], prediction[:count], clean[:count], timesteps[:count])
+            loss = loss + args.pixel_loss_weight * pixel.mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"transformer loss is not finite at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -874,7 +915,7 @@ def main(argv=None) -> dict:
     rotary = world_model.rotary_embedding(pipe, latents.shape, args.device)  # None with sincos positions
     trained, transformer_stats = train_transformer(
         transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval,
-        state_file=state_dir / "transformer_state.pt", rotary=rotary,
+        state_file=state_dir / "transformer_state.pt", rotary=rotary, vae=vae,
     )
     pipe.register_modules(transformer=trained)
     timings["transformer_training_s"] = time.perf_counter() - stage

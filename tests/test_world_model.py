@@ -204,7 +204,8 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     state = ["--state_dir", str(tmp_path / "state")]
     summary = script.main(
         TINY_ARGS + state + ["--output_dir", str(folder), "--eval_prompts", "2", "--eval_inference_steps", "2",
-                             "--eval_guidance", "1,3", "--snr_shift_scale", "2", "--min_snr_gamma", "5"]
+                             "--eval_guidance", "1,3", "--snr_shift_scale", "2", "--min_snr_gamma", "5",
+                             "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2"]
     )
 
     pipe = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
@@ -219,6 +220,7 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     written = json.loads((folder / "training_summary.json").read_text())
     assert written["seed"] == 0
     assert written["args"]["transformer_steps"] == 2 and written["args"]["min_snr_gamma"] == 5.0
+    assert written["args"]["pixel_loss_weight"] == 0.5
     assert math.isfinite(written["transformer"]["final_loss"])
     assert set(written["evaluation"]["by_guidance"]) == {"1", "3"}
     for result in written["evaluation"]["by_guidance"].values():
@@ -233,7 +235,7 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
 
     # A second run replaces the model in place, and the same seed gives the same weights.
     script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval", "--snr_shift_scale", "2",
-                                     "--min_snr_gamma", "5"])
+                                     "--min_snr_gamma", "5", "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2"])
     again = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
     for before, after in zip(pipe.transformer.state_dict().values(), again.transformer.state_dict().values()):
         assert torch.equal(before, after)
@@ -455,6 +457,46 @@ def test_min_snr_weights_count_each_timestep_min_snr_gamma_times_in_clean_latent
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
     with pytest.raises(UserError, match="--min_snr_gamma"):
         script.parse_args(["--min_snr_gamma", "-1"])
+
+
+def test_the_pixel_loss_compares_the_decoded_clean_latents_a_v_prediction_implies():
+    script = load_script()
+    scheduler = script.build_scheduler(script.parse_args([]))
+    generator = torch.Generator().manual_seed(0)
+    clean, noise, guess = (torch.randn(3, 2, 4, 4, 4, generator=generator) for _ in range(3))  # [B, F, C, h, w]
+    timesteps = torch.tensor([10, 400, 900])
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    target = scheduler.get_velocity(clean, noise, timesteps)
+
+    # With a decoder that returns its input, the clean-latent error is sigma times the v error, so the loss (divided
+    # by sigma^2) is the plain v loss, over the scaling factor squared.
+    scale = 2.0
+    identity = SimpleNamespace(config=SimpleNamespace(scaling_factor=scale), decode=lambda z: SimpleNamespace(sample=z))
+    ours = script.decoded_v_loss(identity, scheduler, noisy, guess, clean, timesteps)
+    torch.testing.assert_close(ours, (guess - target).pow(2).flatten(1).mean(1) / scale**2, rtol=1e-4, atol=1e-6)
+
+    # A real (tiny, untrained) VAE: the true velocity costs nothing, a wrong one costs something, and the gradient
+    # reaches the prediction but not the frozen VAE.
+    args = script.parse_args(TINY_ARGS)
+    vae = script.build_vae(args).requires_grad_(False)
+    vae.register_to_config(scaling_factor=0.7)
+    clean, noise = (torch.randn(2, 3, 4, 16, 16, generator=generator) for _ in range(2))  # 9 frames of 64 px
+    timesteps = torch.tensor([50, 700])
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    exact = script.decoded_v_loss(vae, scheduler, noisy, scheduler.get_velocity(clean, noise, timesteps), clean,
+                                  timesteps)
+    assert exact.abs().max() < 1e-8
+    wrong = torch.randn(clean.shape, generator=generator, requires_grad=True)
+    loss = script.decoded_v_loss(vae, scheduler, noisy, wrong, clean, timesteps)
+    assert (loss > 1e-4).all()
+    loss.sum().backward()
+    assert wrong.grad.abs().sum() > 0
+    assert all(p.grad is None for p in vae.parameters())
+
+    for bad in (["--pixel_loss_weight", "-1"], ["--pixel_loss_weight", "1", "--pixel_loss_videos", "0"],
+                ["--pixel_loss_weight", "1", "--pixel_loss_videos", "33"]):
+        with pytest.raises(UserError, match="--pixel_loss"):
+            script.parse_args(bad)
 
 
 def test_learning_rate_schedule_and_foreground_weights():
