@@ -695,8 +695,10 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     # A circle and a square differ in their corners (1 - pi/4 = 21% of the box), a triangle from either in at
     # least 29% of it, so the circle / square pair is the closest in any code that keeps the shapes.
     distances = written["shape_distances"]
-    assert set(distances) == {"circle / square", "circle / triangle", "square / triangle"}
+    assert set(distances) == {"circle / square", "circle / triangle", "square / triangle", "circle / another colour"}
     assert 0 < distances["circle / square"] < min(distances["circle / triangle"], distances["square / triangle"])
+    # A new colour changes every pixel of the circle, a square only its corners.
+    assert distances["circle / another colour"] > distances["circle / square"]
     # Moving a shape further moves its latents further (the classifier's shapes are 19 px: 2 px is a tenth).
     shifts = written["shift_distances"]
     assert list(shifts) == ["1", "2", "4"] and 0 < shifts["1"] < shifts["2"] < shifts["4"]

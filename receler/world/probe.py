@@ -46,7 +46,7 @@ from ..io_utils import atomic_write_json
 from ..media import frame_grid, save_png
 from . import model as world
 from .classify import classify_video
-from .scenes import SHAPES, check_shape_size, make_dataset, render_video, scene_from_caption
+from .scenes import COLORS, SHAPES, check_shape_size, make_dataset, render_video, scene_from_caption
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ def shape_distances(pipe, num_videos: int = 48, seed: int = 777, world_args: dic
     positions the shape covers, in units of the latents' spread (the pipeline's scaled latents have unit std).
 
     A transformer error of that size turns one shape into the other, so small distances make shape hard to learn.
+    For scale, ``"circle / another colour"``: the same circles drawn in the palette's next colour, which a model
+    learns readily; the squared ratio of the two says how much less a shape counts in the latent loss.
     """
     world_args = world_args or {}
     pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0, **world_args)
@@ -197,9 +199,22 @@ def shape_distances(pipe, num_videos: int = 48, seed: int = 777, world_args: dic
                                **world_args)
                   for index, scene in enumerate(scenes)]
         latents[shape] = encode(pipe, np.stack(videos))
+    # The yardstick: the first shape's scenes drawn in the next colour of the palette (same paths).
+    recoloured = [render_video(replace(scene, shapes=[replace(scene.shapes[0], shape=SHAPES[0],
+                                                             color=next_color(scene.shapes[0].color))]),
+                               seed=index, **world_args)
+                  for index, scene in enumerate(scenes)]
     where = world.shape_positions(latents[SHAPES[0]]).expand_as(latents[SHAPES[0]])
-    return {f"{a} / {b}": rms_at(latents[a] - latents[b], where)
-            for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]}
+    distances = {f"{a} / {b}": rms_at(latents[a] - latents[b], where)
+                 for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]}
+    distances[f"{SHAPES[0]} / another colour"] = rms_at(latents[SHAPES[0]] - encode(pipe, np.stack(recoloured)), where)
+    return distances
+
+
+def next_color(color: str) -> str:
+    """The colour after ``color`` in the world's palette (wrapping round)."""
+    names = list(COLORS)
+    return names[(names.index(color) + 1) % len(names)]
 
 
 def shift_video(video: np.ndarray, pixels: int) -> np.ndarray:
@@ -344,7 +359,7 @@ def main(argv=None):
                  world_args=world_args)
     print(table(rows))
     distances = shape_distances(pipe, args.videos, args.seed, world_args)
-    print("\nlatent distance between shapes (RMS at the shape's positions, in latent stds): "
+    print("\nlatent distances between shapes, and to another colour (RMS at the shape's positions, in latent stds): "
           + ", ".join(f"{pair} {value:.2f}" for pair, value in distances.items()))
     shifts = shift_distances(pipe, args.videos, args.seed, world_args=world_args)
     print("latent change when the scene moves sideways (RMS at the shape's positions): "
