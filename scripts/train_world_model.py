@@ -604,6 +604,8 @@ def train_transformer(
     from tqdm.auto import tqdm
 
     if args.pixel_loss_weight > 0:
+        if vae is None:
+            raise ValueError("--pixel_loss_weight needs the VAE to decode with: pass vae=")
         vae.eval().requires_grad_(False)
     generator = torch.Generator().manual_seed(args.seed + 300)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
