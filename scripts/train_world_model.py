@@ -418,20 +418,19 @@ def decoded_v_loss(vae, scheduler, noisy, prediction, clean, timesteps) -> torch
     """Per-sample pixel MSE between the decoded clean-latent estimate that a v prediction implies and the decoded
     clean latents, divided by sigma^2 (so each timestep weighs it as the v loss weighs clean-latent error).
 
-    Latents are in the transformer's layout ``[B, F, C, h, w]``, scaled by ``vae.config.scaling_factor``. From
-    ``x_t = alpha x_0 + sigma noise`` and ``v = alpha noise - sigma x_0`` the estimate is ``alpha x_t - sigma v``.
-    Gradients reach ``prediction`` through the decoder; the VAE itself is not trained.
+    Latents are in the transformer's layout ``[B, F, C, h, w]``, scaled by ``vae.config.scaling_factor``; the
+    estimate is :func:`receler.world.model.clean_from_velocity`'s. Gradients reach ``prediction`` through the
+    decoder; the VAE itself is not trained.
     """
-    signal = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    alpha, sigma = signal.sqrt().view(-1, 1, 1, 1, 1), (1 - signal).sqrt().view(-1, 1, 1, 1, 1)
-    estimate = alpha * noisy - sigma * prediction
+    estimate = world_model.clean_from_velocity(scheduler, noisy, prediction, timesteps)
+    sigma2 = (1 - scheduler.alphas_cumprod.to(timesteps.device)[timesteps]).to(noisy.dtype)
 
     def decode(latents):
         return vae.decode((latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4)).sample
 
     with torch.no_grad():
         truth = decode(clean)
-    return (decode(estimate) - truth).pow(2).flatten(1).mean(1) / sigma.flatten() ** 2
+    return (decode(estimate) - truth).pow(2).flatten(1).mean(1) / sigma2
 
 
 def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: float) -> torch.Tensor:

@@ -96,6 +96,16 @@ def shape_positions(latents: torch.Tensor, threshold: float = 0.3) -> torch.Tens
     return distance / farthest > threshold
 
 
+def clean_from_velocity(scheduler, noisy: torch.Tensor, velocity: torch.Tensor, timesteps: torch.Tensor):
+    """The clean latents a v-prediction implies, per sample: with ``x_t = alpha x_0 + sigma noise`` and
+    ``v = alpha noise - sigma x_0``, ``x_0 = alpha x_t - sigma v`` (what the scheduler computes on every step).
+    ``timesteps`` holds one timestep per sample of ``noisy`` (any layout with the batch first)."""
+    signal = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    shape = (-1,) + (1,) * (noisy.dim() - 1)
+    alpha, sigma = (value.to(noisy.dtype).view(shape) for value in (signal.sqrt(), (1 - signal).sqrt()))
+    return alpha * noisy - sigma * velocity
+
+
 def rotary_embedding(pipe, latent_shape, device):
     """The rotary position embedding the pipeline passes its transformer for latents of ``latent_shape``
     ``[B, F_latent, C, h, w]`` (the pipeline's own computation, so training, probing and sampling agree), or None

@@ -113,9 +113,7 @@ def predict_clean(pipe, latents: torch.Tensor, embeds: torch.Tensor, timestep: i
     scheduler = pipe.scheduler
     t = torch.full((len(latents),), timestep)
     noisy = scheduler.add_noise(latents, noise, t)
-    velocity = transformer_velocity(pipe, noisy, embeds, t)
-    signal = scheduler.alphas_cumprod[timestep]
-    return signal.sqrt() * noisy - (1 - signal).sqrt() * velocity
+    return world.clean_from_velocity(scheduler, noisy, transformer_velocity(pipe, noisy, embeds, t), t)
 
 
 def embed(pipe, captions: list[str]) -> torch.Tensor:
@@ -192,23 +190,18 @@ def shape_distances(pipe, num_videos: int = 48, seed: int = 777, world_args: dic
     world_args = world_args or {}
     pairs = make_dataset(num_videos, seed=seed, two_shape_prob=0.0, **world_args)
     scenes = [scene_from_caption(caption) for caption, _ in pairs]
+    # Each shape, and for scale the first shape in the palette's next colour.
+    variants = {shape: (lambda spec, shape=shape: replace(spec, shape=shape)) for shape in SHAPES}
+    variants["another colour"] = lambda spec: replace(spec, shape=SHAPES[0], color=next_color(spec.color))
     latents = {}
-    for shape in SHAPES:
-        # One seed per scene: every shape follows the same path.
-        videos = [render_video(replace(scene, shapes=[replace(scene.shapes[0], shape=shape)]), seed=index,
-                               **world_args)
+    for name, vary in variants.items():
+        # One seed per scene: every variant follows the same path.
+        videos = [render_video(replace(scene, shapes=[vary(scene.shapes[0])]), seed=index, **world_args)
                   for index, scene in enumerate(scenes)]
-        latents[shape] = encode(pipe, np.stack(videos))
-    # The yardstick: the first shape's scenes drawn in the next colour of the palette (same paths).
-    recoloured = [render_video(replace(scene, shapes=[replace(scene.shapes[0], shape=SHAPES[0],
-                                                             color=next_color(scene.shapes[0].color))]),
-                               seed=index, **world_args)
-                  for index, scene in enumerate(scenes)]
+        latents[name] = encode(pipe, np.stack(videos))
     where = world.shape_positions(latents[SHAPES[0]]).expand_as(latents[SHAPES[0]])
-    distances = {f"{a} / {b}": rms_at(latents[a] - latents[b], where)
-                 for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]}
-    distances[f"{SHAPES[0]} / another colour"] = rms_at(latents[SHAPES[0]] - encode(pipe, np.stack(recoloured)), where)
-    return distances
+    pairs = [(a, b) for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]] + [(SHAPES[0], "another colour")]
+    return {f"{a} / {b}": rms_at(latents[a] - latents[b], where) for a, b in pairs}
 
 
 def next_color(color: str) -> str:
