@@ -185,6 +185,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "the latent loss alone.")
     tr.add_argument("--pixel_loss_videos", type=int, default=8,
                     help="How many videos of each batch (the first ones) get the --pixel_loss_weight term.")
+    tr.add_argument("--shape_pair_weight", type=float, default=0.0,
+                    help="Adds this times a paired loss aimed at the shape word: the first --shape_pair_videos videos "
+                         "of each batch are also drawn as the next shape (same paths, colours and background; the "
+                         "caption names the new shape) and trained with the same noise and timestep, and the "
+                         "difference between the two predictions' errors is penalised. Colour, layout and motion are "
+                         "the same in both videos and cancel, so what is left is what the shape changes, learnt with "
+                         "this weight instead of the small share of the latent loss it has. In clean-latent terms it "
+                         "asks the two estimates to differ by exactly what the two videos differ by, which at high "
+                         "noise is sharper than the average the plain loss learns. The drawn-as-another-shape videos "
+                         "(encoded once, like the others) also join the plain loss. 0 keeps the plain loss.")
+    tr.add_argument("--shape_pair_videos", type=int, default=8,
+                    help="How many videos of each batch (the first ones) get a --shape_pair_weight partner.")
     tr.add_argument("--latent_foreground_threshold", type=float, default=0.3,
                     help="A latent position is foreground where its distance from the frame's median latent is above "
                          "this fraction of the frame's largest distance (0.3 marks ~19%% of positions).")
@@ -264,6 +276,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.pixel_loss_weight < 0 or (args.pixel_loss_weight > 0 and not pixel_videos_fit):
         raise UserError(f"--pixel_loss_weight must be >= 0 and --pixel_loss_videos between 1 and --batch_size "
                         f"({args.batch_size}), got {args.pixel_loss_weight} and {args.pixel_loss_videos}")
+    pair_videos_fit = 1 <= args.shape_pair_videos <= args.batch_size
+    if args.shape_pair_weight < 0 or (args.shape_pair_weight > 0 and not pair_videos_fit):
+        raise UserError(f"--shape_pair_weight must be >= 0 and --shape_pair_videos between 1 and --batch_size "
+                        f"({args.batch_size}), got {args.shape_pair_weight} and {args.shape_pair_videos}")
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
@@ -273,16 +289,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def world_videos(n: int, seed: int, two_shape_prob: float, position_grid: int = 1, shape_size: int | None = None,
-                 chunk: int = 500):
+                 chunk: int = 500, shape_shift: int = 0):
     """Yield ``(captions, uint8 videos [k, F, H, W, 3])`` chunks of ``n`` world videos.
 
-    Chunks keep memory flat for large ``n``; each chunk's seed derives from ``seed``.
+    Chunks keep memory flat for large ``n``; each chunk's seed derives from ``seed``. ``shape_shift``: the same
+    videos drawn as other shapes (see :func:`receler.world.scenes.make_dataset`).
     """
     chunk_seeds = np.random.SeedSequence(seed).generate_state(math.ceil(n / chunk))
     for index, chunk_seed in enumerate(chunk_seeds):
         size = min(chunk, n - index * chunk)
         pairs = make_dataset(size, seed=int(chunk_seed), two_shape_prob=two_shape_prob, position_grid=position_grid,
-                             shape_size=shape_size)
+                             shape_size=shape_size, shape_shift=shape_shift)
         yield [caption for caption, _ in pairs], np.stack([video for _, video in pairs])
 
 
@@ -433,6 +450,14 @@ def decoded_v_loss(vae, scheduler, noisy, prediction, clean, timesteps) -> torch
     return (decode(estimate) - truth).pow(2).flatten(1).mean(1) / sigma2
 
 
+def shape_pair_loss(prediction, target, pair_prediction, pair_target) -> torch.Tensor:
+    """Per-pair mean squared difference between the errors of two predictions made with the same noise and
+    timestep, of a video and of the same video drawn as other shapes: what the two errors share (everything but
+    the shapes' outlines) cancels. Since the shared noise cancels from the targets too, this is the squared error
+    of the predicted difference ``prediction - pair_prediction`` against the true one."""
+    return ((prediction - target) - (pair_prediction - pair_target)).pow(2).flatten(1).mean(1)
+
+
 def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: float) -> torch.Tensor:
     """Loss weights ``[B, F, 1, H, W]`` for latents ``[B, F, C, H, W]``: ``1 + extra`` where they hold a shape (see
     :func:`receler.world.model.shape_positions`), 1 elsewhere."""
@@ -544,18 +569,20 @@ def finetune_vae(vae, args, phase: str = "finetune") -> dict:
     return {f"final_reconstruction_loss_{phase}": running}
 
 
-def encode_dataset(pipe, args):
+def encode_dataset(pipe, args, shape_shift: int = 0):
     """Latents of ``--num_videos`` world videos and the index of each one's caption embedding.
 
     Returns ``(latents, caption_index, caption_embeds)``; captions repeat, so each distinct one is
     encoded once with the pipeline's own ``encode_prompt`` (the exact inference path). With
-    ``--attribute_dropout`` some captions leave an attribute unsaid (see :func:`partial_captions`).
+    ``--attribute_dropout`` some captions leave an attribute unsaid (see :func:`partial_captions`; a shifted
+    dataset leaves out the same attributes of the same videos). ``shape_shift`` 1: the same videos drawn as the
+    next shape, for ``--shape_pair_weight``.
     """
     from tqdm.auto import tqdm
 
     latents, captions = [], []
     chunks = world_videos(args.num_videos, seed=args.seed + 200, two_shape_prob=args.two_shape_prob,
-                          position_grid=args.position_grid, shape_size=args.shape_size)
+                          position_grid=args.position_grid, shape_size=args.shape_size, shape_shift=shape_shift)
     total = math.ceil(args.num_videos / 500)
     for chunk_captions, videos in tqdm(chunks, total=total, desc="encode videos", unit="chunk"):
         latents.append(world_model.encode_videos(pipe.vae, videos))
@@ -589,12 +616,14 @@ def update_ema(ema, model, decay: float) -> None:
 
 def train_transformer(
     transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=None, state_file=None,
-    rotary=None, vae=None,
+    rotary=None, vae=None, pairs=None,
 ):
     """v-prediction training on precomputed latents; returns the weights to save (EMA if enabled).
 
     ``rotary`` is the pipeline's rotary position embedding for the latents' size (None for sincos models).
     ``vae`` decodes for ``--pixel_loss_weight`` (frozen here; needed only when the weight is positive).
+    ``pairs`` is ``(latents, caption_index, caption_embeds)`` of the same videos drawn as the next shape, for
+    ``--shape_pair_weight`` (item i partners item i; needed only when the weight is positive).
     ``on_eval(step, model)`` is called every ``--eval_every`` steps with the weights that would be saved.
     With ``state_file``, everything needed to continue (weights, average, optimizer, random state, step) is
     saved there every ``--checkpoint_every`` steps, and loaded first when it exists (``--resume``): a resumed
@@ -606,6 +635,8 @@ def train_transformer(
         if vae is None:
             raise ValueError("--pixel_loss_weight needs the VAE to decode with: pass vae=")
         vae.eval().requires_grad_(False)
+    if args.shape_pair_weight > 0 and pairs is None:
+        raise ValueError("--shape_pair_weight needs the videos drawn as other shapes: pass pairs=")
     generator = torch.Generator().manual_seed(args.seed + 300)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ema = copy.deepcopy(transformer).requires_grad_(False) if args.ema_decay > 0 else None
@@ -643,6 +674,16 @@ def train_transformer(
         text = torch.where(dropped[:, None, None], empty_embed, text)
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(num_train_timesteps, (args.batch_size,), generator=generator)
+        count = args.shape_pair_videos if args.shape_pair_weight > 0 else 0
+        if count:
+            # The partners reuse the batch's draws (noise, timestep, caption dropout): no extra random numbers, so a
+            # run with pairs sees the same videos and noise as one without.
+            pair_text = pairs[2][pairs[1][index[:count]]]
+            pair_text = torch.where(dropped[:count, None, None], empty_embed, pair_text)
+            clean = torch.cat([clean, pairs[0][index[:count]]])
+            text = torch.cat([text, pair_text])
+            noise = torch.cat([noise, noise[:count]])
+            timesteps = torch.cat([timesteps, timesteps[:count]])
         # Drawn on the CPU (one random stream whatever the device), computed on the transformer's device.
         clean, text, noise, timesteps = (t.to(args.device) for t in (clean, text, noise, timesteps))
         noisy = scheduler.add_noise(clean, noise, timesteps)
@@ -659,9 +700,12 @@ def train_transformer(
         if args.min_snr_gamma > 0:
             squared = squared * min_snr_weights(scheduler, timesteps, args.min_snr_gamma).view(-1, 1, 1, 1, 1)
         loss = squared.mean()
+        if count:
+            paired = shape_pair_loss(prediction[:count], target[:count], prediction[-count:], target[-count:])
+            loss = loss + args.shape_pair_weight * paired.mean()
         if args.pixel_loss_weight > 0:
-            count = args.pixel_loss_videos
-            pixel = decoded_v_loss(vae, scheduler, noisy[:count], prediction[:count], clean[:count], timesteps[:count])
+            k = args.pixel_loss_videos
+            pixel = decoded_v_loss(vae, scheduler, noisy[:k], prediction[:k], clean[:k], timesteps[:k])
             loss = loss + args.pixel_loss_weight * pixel.mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"transformer loss is not finite at step {step}; lower --lr")
@@ -896,6 +940,18 @@ def main(argv=None) -> dict:
     vae.register_to_config(scaling_factor=scaling_factor)
     pipe.vae_scaling_factor_image = scaling_factor
     empty_embed = world_model.embed_prompts(pipe, [""], args.text_len)
+    pairs = None
+    if args.shape_pair_weight > 0:
+        pair_cache = state_dir / "shape_pairs.pt"
+        pair_data = torch.load(pair_cache, map_location="cpu", weights_only=True) if pair_cache.is_file() else None
+        stale = pair_data is None or len(pair_data["latents"]) != len(latents)
+        if stale or {key: pair_data.get(key) for key in made_with} != made_with:
+            logger.info("encoding the same videos drawn as the next shape (--shape_pair_weight)")
+            pair_latents, pair_index, pair_embeds = encode_dataset(pipe, args, shape_shift=1)
+            pair_data = {"latents": pair_latents * scaling_factor, "caption_index": pair_index,
+                         "caption_embeds": pair_embeds, **made_with}
+            atomic_write(pair_cache, lambda tmp: torch.save(pair_data, tmp))
+        pairs = (pair_data["latents"], pair_data["caption_index"], pair_data["caption_embeds"])
     timings["encoding_s"] = time.perf_counter() - stage
     logger.info("encoded %d videos (%d distinct captions); latents %s, scaling factor %.4f", len(latents),
                 len(caption_embeds), tuple(latents.shape[1:]), scaling_factor)
@@ -916,7 +972,7 @@ def main(argv=None) -> dict:
     rotary = world_model.rotary_embedding(pipe, latents.shape, args.device)  # None with sincos positions
     trained, transformer_stats = train_transformer(
         transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval,
-        state_file=state_dir / "transformer_state.pt", rotary=rotary, vae=vae,
+        state_file=state_dir / "transformer_state.pt", rotary=rotary, vae=vae, pairs=pairs,
     )
     pipe.register_modules(transformer=trained)
     timings["transformer_training_s"] = time.perf_counter() - stage

@@ -129,6 +129,33 @@ def test_make_dataset_is_deterministic():
     assert all(ca == cb and np.array_equal(a, b) for (ca, a), (cb, b) in zip(prefix, first))
 
 
+def test_a_dataset_drawn_as_other_shapes_changes_only_the_outlines():
+    plain = make_dataset(24, seed=11, two_shape_prob=0.5)
+    shifted = make_dataset(24, seed=11, two_shape_prob=0.5, shape_shift=1)
+    next_shape = {"circle": "square", "square": "triangle", "triangle": "circle"}
+    single = 0
+    for (caption, video), (other_caption, other_video) in zip(plain, shifted):
+        scene, other = scene_from_caption(caption), scene_from_caption(other_caption)
+        assert other.background == scene.background
+        assert [(s.color, next_shape[s.shape], s.direction) for s in scene.shapes] == \
+            [(s.color, s.shape, s.direction) for s in other.shapes]
+        assert not np.array_equal(video, other_video)
+        if len(scene.shapes) == 1:
+            single += 1
+            # Same path: in every frame the shape's pixels span the same box (each shape touches all four sides).
+            background = np.array(BACKGROUNDS[scene.background], dtype=np.uint8)
+            for frame, other_frame in zip(video, other_video):
+                boxes = []
+                for f in (frame, other_frame):
+                    ys, xs = np.nonzero((f != background).any(axis=-1))
+                    boxes.append((ys.min(), ys.max(), xs.min(), xs.max()))
+                assert boxes[0] == boxes[1]
+    assert single >= 5
+    # Shifting by a whole turn of the three shapes gives the plain dataset back, bit for bit.
+    whole_turn = make_dataset(24, seed=11, two_shape_prob=0.5, shape_shift=3)
+    assert all(a == b and np.array_equal(x, y) for (a, x), (b, y) in zip(plain, whole_turn))
+
+
 @pytest.mark.parametrize("num_frames, size", [(9, 64), (5, 32), (17, 64), (1, 48)])
 def test_render_format_and_motion(num_frames, size):
     rng = np.random.default_rng(11)

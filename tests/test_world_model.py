@@ -205,7 +205,8 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     summary = script.main(
         TINY_ARGS + state + ["--output_dir", str(folder), "--eval_prompts", "2", "--eval_inference_steps", "2",
                              "--eval_guidance", "1,3", "--snr_shift_scale", "2", "--min_snr_gamma", "5",
-                             "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2"]
+                             "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2", "--shape_pair_weight", "2",
+                             "--shape_pair_videos", "3"]
     )
 
     pipe = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
@@ -221,6 +222,11 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     assert written["seed"] == 0
     assert written["args"]["transformer_steps"] == 2 and written["args"]["min_snr_gamma"] == 5.0
     assert written["args"]["pixel_loss_weight"] == 0.5
+    # The videos drawn as other shapes are encoded once, one per training video, and are not the same latents.
+    plain = torch.load(tmp_path / "state" / "latents.pt", weights_only=True)
+    pairs = torch.load(tmp_path / "state" / "shape_pairs.pt", weights_only=True)
+    assert pairs["latents"].shape == plain["latents"].shape and not torch.allclose(pairs["latents"], plain["latents"])
+    assert not torch.equal(pairs["caption_embeds"], plain["caption_embeds"])
     assert math.isfinite(written["transformer"]["final_loss"])
     assert set(written["evaluation"]["by_guidance"]) == {"1", "3"}
     for result in written["evaluation"]["by_guidance"].values():
@@ -235,7 +241,8 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
 
     # A second run replaces the model in place, and the same seed gives the same weights.
     script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval", "--snr_shift_scale", "2",
-                                     "--min_snr_gamma", "5", "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2"])
+                                     "--min_snr_gamma", "5", "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2",
+                                     "--shape_pair_weight", "2", "--shape_pair_videos", "3"])
     again = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
     for before, after in zip(pipe.transformer.state_dict().values(), again.transformer.state_dict().values()):
         assert torch.equal(before, after)
@@ -496,6 +503,34 @@ def test_the_pixel_loss_compares_the_decoded_clean_latents_a_v_prediction_implie
     for bad in (["--pixel_loss_weight", "-1"], ["--pixel_loss_weight", "1", "--pixel_loss_videos", "0"],
                 ["--pixel_loss_weight", "1", "--pixel_loss_videos", "33"]):
         with pytest.raises(UserError, match="--pixel_loss"):
+            script.parse_args(bad)
+
+
+def test_the_shape_pair_loss_scores_only_what_the_two_predictions_differ_by():
+    script = load_script()
+    scheduler = script.build_scheduler(script.parse_args([]))
+    generator = torch.Generator().manual_seed(1)
+    clean, pair_clean, noise, offset = (torch.randn(3, 2, 4, 4, 4, generator=generator) for _ in range(4))
+    timesteps = torch.tensor([5, 300, 950])
+    target = scheduler.get_velocity(clean, noise, timesteps)
+    pair_target = scheduler.get_velocity(pair_clean, noise, timesteps)  # the same noise
+    # With shared noise the targets differ by -sigma times the clean latents' difference (v = alpha eps - sigma x0).
+    sigma = (1 - scheduler.alphas_cumprod[timesteps]).sqrt().float().view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(target - pair_target, -sigma * (clean - pair_clean), rtol=1e-4, atol=1e-5)
+
+    # An error both predictions share costs nothing; an error in one costs its mean square.
+    shared = script.shape_pair_loss(target + offset, target, pair_target + offset, pair_target)
+    assert shared.abs().max() < 1e-10
+    alone = script.shape_pair_loss(target, target, pair_target + offset, pair_target)
+    torch.testing.assert_close(alone, offset.pow(2).flatten(1).mean(1))
+    # A model deaf to the shape (the same prediction for both) is charged the true difference in full.
+    deaf = torch.zeros_like(target, requires_grad=True)
+    loss = script.shape_pair_loss(deaf, target, deaf, pair_target)
+    torch.testing.assert_close(loss, (sigma * (clean - pair_clean)).pow(2).flatten(1).mean(1), rtol=1e-4, atol=1e-6)
+
+    for bad in (["--shape_pair_weight", "-1"], ["--shape_pair_weight", "1", "--shape_pair_videos", "0"],
+                ["--shape_pair_weight", "1", "--shape_pair_videos", "33"]):
+        with pytest.raises(UserError, match="--shape_pair"):
             script.parse_args(bad)
 
 

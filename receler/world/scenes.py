@@ -112,6 +112,13 @@ class Scene:
         shapes_text = " and ".join(spec.phrase(omit) for spec in self.shapes)
         return f"{shapes_text} on a {self.background} background"
 
+    def with_shapes_shifted(self, shift: int) -> "Scene":
+        """The scene with every shape replaced by the one ``shift`` places later in :data:`SHAPES` (wrapping
+        round): colours, directions and background stay. Rendered with the same seed it moves along the same paths
+        (a path does not depend on the shape), so the two videos differ only in the shapes' outlines."""
+        return Scene(tuple(ShapeSpec(spec.color, SHAPES[(SHAPES.index(spec.shape) + shift) % len(SHAPES)],
+                                     spec.direction) for spec in self.shapes), self.background)
+
 
 def _choose(rng: np.random.Generator, options) -> str:
     return options[int(rng.integers(len(options)))]
@@ -358,17 +365,20 @@ def make_dataset(
     colors=None,
     position_grid: int = 1,
     shape_size: int | None = None,
+    shape_shift: int = 0,
 ) -> list[tuple[str, np.ndarray]]:
     """``n`` deterministic (caption, video) pairs; the first k items do not depend on ``n``.
 
-    ``position_grid``, ``shape_size``: see :func:`render_video`."""
+    ``position_grid``, ``shape_size``: see :func:`render_video`. ``shape_shift`` draws the same scenes and paths
+    with every shape replaced (:meth:`Scene.with_shapes_shifted`): item i of the shifted dataset is item i of the
+    plain one drawn as other shapes."""
     check_num_frames(num_frames)
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     rng = np.random.default_rng(seed)
     dataset = []
     for _ in range(n):
-        scene = sample_scene(rng, two_shape_prob=two_shape_prob, colors=colors)
+        scene = sample_scene(rng, two_shape_prob=two_shape_prob, colors=colors).with_shapes_shifted(shape_shift)
         video_seed = int(rng.integers(2**31))
         dataset.append((scene.caption(), render_video(scene, num_frames=num_frames, size=size, seed=video_seed,
                                                     position_grid=position_grid, shape_size=shape_size)))
