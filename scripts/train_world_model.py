@@ -641,7 +641,7 @@ def train_transformer(
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ema = copy.deepcopy(transformer).requires_grad_(False) if args.ema_decay > 0 else None
     num_train_timesteps = scheduler.config.num_train_timesteps
-    running, first_step, history = None, 0, []
+    running, running_v, first_step, history = None, None, 0, []
     if state_file is not None and Path(state_file).is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         trained_shift = state.get("snr_shift_scale", 3.0)  # states from before the flag used CogVideoX-2b's 3.0
@@ -658,6 +658,7 @@ def train_transformer(
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         running, first_step, history = state["running"], state["step"], state["history"]
+        running_v = state.get("running_v", running)  # states from before it was logged apart: the same value
         logger.info("resumed the transformer from %s at step %d", state_file, first_step)
     transformer.train()
     last = min(args.transformer_steps, args.stop_after or args.transformer_steps)
@@ -700,6 +701,7 @@ def train_transformer(
         if args.min_snr_gamma > 0:
             squared = squared * min_snr_weights(scheduler, timesteps, args.min_snr_gamma).view(-1, 1, 1, 1, 1)
         loss = squared.mean()
+        v_loss = loss.item()  # the plain (weighted) v loss, logged apart from the extra terms below
         if count:
             paired = shape_pair_loss(prediction[:count], target[:count], prediction[-count:], target[-count:])
             loss = loss + args.shape_pair_weight * paired.mean()
@@ -717,22 +719,25 @@ def train_transformer(
             # Early on the average would mostly hold the random init: warm its decay up.
             update_ema(ema, transformer, min(args.ema_decay, (1 + step) / (10 + step)))
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        progress.set_postfix(loss=f"{running:.4f}", refresh=False)
+        running_v = v_loss if running_v is None else 0.98 * running_v + 0.02 * v_loss
+        progress.set_postfix(loss=f"{running:.4f}", v=f"{running_v:.4f}", refresh=False)
         if (step + 1) % args.log_every == 0 or step + 1 == args.transformer_steps:
-            logger.info("transformer step %d/%d: loss %.4f (running), grad norm %.3f, lr %.2e", step + 1,
-                        args.transformer_steps, running, grad_norm.item(), lr)
+            logger.info("transformer step %d/%d: loss %.4f (running; the v loss alone %.4f), grad norm %.3f, lr %.2e",
+                        step + 1, args.transformer_steps, running, running_v, grad_norm.item(), lr)
         if on_eval is not None and args.eval_every > 0 and (step + 1) % args.eval_every == 0:
             history.append(on_eval(step + 1, (ema if ema is not None else transformer).eval()))
             transformer.train()
         if state_file is not None and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
             state = {"transformer": transformer.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "running": running,
+                     "running_v": running_v,
                      "step": step + 1, "history": history, "snr_shift_scale": args.snr_shift_scale,
                      "rotary_positions": args.rotary_positions}
             atomic_write(state_file, lambda tmp: torch.save(state, tmp))
     transformer.eval()
     final = ema if ema is not None else transformer
-    return final.eval().requires_grad_(False), {"final_loss": running, "quick_eval_history": history}
+    return final.eval().requires_grad_(False), {"final_loss": running, "final_v_loss": running_v,
+                                              "quick_eval_history": history}
 
 
 def check_output_dir(output_dir: Path) -> None:

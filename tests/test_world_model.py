@@ -228,6 +228,8 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     assert pairs["latents"].shape == plain["latents"].shape and not torch.allclose(pairs["latents"], plain["latents"])
     assert not torch.equal(pairs["caption_embeds"], plain["caption_embeds"])
     assert math.isfinite(written["transformer"]["final_loss"])
+    # The extra terms (pixel, shape pairs) are positive, and the v loss is logged apart from them.
+    assert 0 < written["transformer"]["final_v_loss"] < written["transformer"]["final_loss"]
     assert set(written["evaluation"]["by_guidance"]) == {"1", "3"}
     for result in written["evaluation"]["by_guidance"].values():
         assert 0.0 <= result["color_accuracy"] <= 1.0
@@ -367,6 +369,7 @@ def test_a_resume_in_another_world_geometry_encodes_its_own_latents(tmp_path):
     assert not torch.equal(plain["latents"], grid["latents"])
     summary = json.loads((tmp_path / "grid" / "training_summary.json").read_text())
     assert summary["args"]["position_grid"] == 4
+    assert summary["transformer"]["final_v_loss"] == summary["transformer"]["final_loss"]  # no extra terms
     script.main(args + ["--output_dir", str(tmp_path / "big"), "--resume", "--position_grid", "4", "--shape_size", "29"])
     big = torch.load(tmp_path / "state" / "latents.pt", weights_only=True)
     assert (big["position_grid"], big["shape_size"]) == (4, 29) and not torch.equal(big["latents"], grid["latents"])
