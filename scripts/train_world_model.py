@@ -951,12 +951,14 @@ def main(argv=None) -> dict:
     if args.shape_pair_weight > 0:
         pair_cache = state_dir / "shape_pairs.pt"
         pair_data = torch.load(pair_cache, map_location="cpu", weights_only=True) if pair_cache.is_file() else None
-        stale = pair_data is None or len(pair_data["latents"]) != len(latents)
+        # Stale if made for other training latents (another count, VAE or geometry).
+        stale = pair_data is None or len(pair_data["latents"]) != len(latents) or \
+            pair_data.get("scaling_factor") != scaling_factor
         if stale or {key: pair_data.get(key) for key in made_with} != made_with:
             logger.info("encoding the same videos drawn as the next shape (--shape_pair_weight)")
             pair_latents, pair_index, pair_embeds = encode_dataset(pipe, args, shape_shift=1)
             pair_data = {"latents": pair_latents * scaling_factor, "caption_index": pair_index,
-                         "caption_embeds": pair_embeds, **made_with}
+                         "caption_embeds": pair_embeds, "scaling_factor": scaling_factor, **made_with}
             atomic_write(pair_cache, lambda tmp: torch.save(pair_data, tmp))
         pairs = (pair_data["latents"], pair_data["caption_index"], pair_data["caption_embeds"])
     timings["encoding_s"] = time.perf_counter() - stage

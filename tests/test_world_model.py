@@ -227,6 +227,7 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     pairs = torch.load(tmp_path / "state" / "shape_pairs.pt", weights_only=True)
     assert pairs["latents"].shape == plain["latents"].shape and not torch.allclose(pairs["latents"], plain["latents"])
     assert not torch.equal(pairs["caption_embeds"], plain["caption_embeds"])
+    assert pairs["scaling_factor"] == plain["scaling_factor"]  # scaled like the latents they partner
     assert math.isfinite(written["transformer"]["final_loss"])
     # The extra terms (pixel, shape pairs) are positive, and the v loss is logged apart from them.
     assert 0 < written["transformer"]["final_v_loss"] < written["transformer"]["final_loss"]
