@@ -274,14 +274,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.device = str(device)  # a plain string, as written to training_summary.json
     if args.min_snr_gamma < 0:
         raise UserError(f"--min_snr_gamma must be >= 0 (0: the plain loss), got {args.min_snr_gamma}")
-    pixel_videos_fit = 1 <= args.pixel_loss_videos <= args.batch_size
-    if args.pixel_loss_weight < 0 or (args.pixel_loss_weight > 0 and not pixel_videos_fit):
-        raise UserError(f"--pixel_loss_weight must be >= 0 and --pixel_loss_videos between 1 and --batch_size "
-                        f"({args.batch_size}), got {args.pixel_loss_weight} and {args.pixel_loss_videos}")
-    pair_videos_fit = 1 <= args.shape_pair_videos <= args.batch_size
-    if args.shape_pair_weight < 0 or (args.shape_pair_weight > 0 and not pair_videos_fit):
-        raise UserError(f"--shape_pair_weight must be >= 0 and --shape_pair_videos between 1 and --batch_size "
-                        f"({args.batch_size}), got {args.shape_pair_weight} and {args.shape_pair_videos}")
+    # The extra loss terms: a weight, and how many videos of each batch it applies to.
+    for weight, videos in (("pixel_loss_weight", "pixel_loss_videos"), ("shape_pair_weight", "shape_pair_videos")):
+        value, count = getattr(args, weight), getattr(args, videos)
+        if value < 0 or (value > 0 and not 1 <= count <= args.batch_size):
+            raise UserError(f"--{weight} must be >= 0 and --{videos} between 1 and --batch_size ({args.batch_size}), "
+                            f"got {value} and {count}")
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
