@@ -197,8 +197,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "(encoded once, like the others) also join the plain loss. On the world model it did not raise "
                          "shape accuracy: with shared noise the model can read the difference off its noisy input "
                          "instead of the caption (docs/world_benchmark.md). 0 keeps the plain loss.")
+    tr.add_argument("--shape_swap_weight", type=float, default=0.0,
+                    help="Adds this times a loss that makes the caption, not the noisy input, decide the shape: the "
+                         "first --shape_pair_videos videos of each batch are also predicted from their own noisy "
+                         "latents under the caption of the same video drawn as the next shape (see --shape_pair_weight), "
+                         "and the clean-latent estimate is asked to be that other video (mean squared error). Colour, "
+                         "place and motion come from the input; the outline must come from the word. Videos whose "
+                         "caption was dropped skip it (without a caption the input is all there is to follow). 0 keeps "
+                         "the plain loss.")
     tr.add_argument("--shape_pair_videos", type=int, default=8,
-                    help="How many videos of each batch (the first ones) get a --shape_pair_weight partner.")
+                    help="How many videos of each batch (the first ones) get a --shape_pair_weight or "
+                         "--shape_swap_weight partner.")
     tr.add_argument("--latent_foreground_threshold", type=float, default=0.3,
                     help="A latent position is foreground where its distance from the frame's median latent is above "
                          "this fraction of the frame's largest distance (0.3 marks ~19%% of positions).")
@@ -275,7 +284,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.min_snr_gamma < 0:
         raise UserError(f"--min_snr_gamma must be >= 0 (0: the plain loss), got {args.min_snr_gamma}")
     # The extra loss terms: a weight, and how many videos of each batch it applies to.
-    for weight, videos in (("pixel_loss_weight", "pixel_loss_videos"), ("shape_pair_weight", "shape_pair_videos")):
+    for weight, videos in (("pixel_loss_weight", "pixel_loss_videos"), ("shape_pair_weight", "shape_pair_videos"),
+                           ("shape_swap_weight", "shape_pair_videos")):
         value, count = getattr(args, weight), getattr(args, videos)
         if value < 0 or (value > 0 and not 1 <= count <= args.batch_size):
             raise UserError(f"--{weight} must be >= 0 and --{videos} between 1 and --batch_size ({args.batch_size}), "
@@ -458,6 +468,14 @@ def shape_pair_loss(prediction, target, pair_prediction, pair_target) -> torch.T
     return ((prediction - target) - (pair_prediction - pair_target)).pow(2).flatten(1).mean(1)
 
 
+def shape_swap_loss(scheduler, noisy, prediction, other_clean, timesteps) -> torch.Tensor:
+    """Per-sample mean squared error between the clean-latent estimate that a v ``prediction`` implies for ``noisy``
+    (noised latents of one video, predicted under the caption of another) and ``other_clean``, that other video's
+    clean latents. A model that follows its input instead of the caption pays the two videos' squared difference."""
+    estimate = world_model.clean_from_velocity(scheduler, noisy, prediction, timesteps)
+    return (estimate - other_clean).pow(2).flatten(1).mean(1)
+
+
 def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: float) -> torch.Tensor:
     """Loss weights ``[B, F, 1, H, W]`` for latents ``[B, F, C, H, W]``: ``1 + extra`` where they hold a shape (see
     :func:`receler.world.model.shape_positions`), 1 elsewhere."""
@@ -623,7 +641,7 @@ def train_transformer(
     ``rotary`` is the pipeline's rotary position embedding for the latents' size (None for sincos models).
     ``vae`` decodes for ``--pixel_loss_weight`` (frozen here; needed only when the weight is positive).
     ``pairs`` is ``(latents, caption_index, caption_embeds)`` of the same videos drawn as the next shape, for
-    ``--shape_pair_weight`` (item i partners item i; needed only when the weight is positive).
+    ``--shape_pair_weight`` and ``--shape_swap_weight`` (item i partners item i; needed only when a weight is positive).
     ``on_eval(step, model)`` is called every ``--eval_every`` steps with the weights that would be saved.
     With ``state_file``, everything needed to continue (weights, average, optimizer, random state, step) is
     saved there every ``--checkpoint_every`` steps, and loaded first when it exists (``--resume``): a resumed
@@ -635,8 +653,9 @@ def train_transformer(
         if vae is None:
             raise ValueError("--pixel_loss_weight needs the VAE to decode with: pass vae=")
         vae.eval().requires_grad_(False)
-    if args.shape_pair_weight > 0 and pairs is None:
-        raise ValueError("--shape_pair_weight needs the videos drawn as other shapes: pass pairs=")
+    if (args.shape_pair_weight > 0 or args.shape_swap_weight > 0) and pairs is None:
+        raise ValueError("--shape_pair_weight and --shape_swap_weight need the videos drawn as other shapes: "
+                         "pass pairs=")
     generator = torch.Generator().manual_seed(args.seed + 300)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ema = copy.deepcopy(transformer).requires_grad_(False) if args.ema_decay > 0 else None
@@ -689,10 +708,20 @@ def train_transformer(
         clean, text, noise, timesteps = (t.to(args.device) for t in (clean, text, noise, timesteps))
         noisy = scheduler.add_noise(clean, noise, timesteps)
         target = scheduler.get_velocity(clean, noise, timesteps)
+        inputs, input_text, input_steps = noisy, text, timesteps
+        swap = args.shape_pair_videos if args.shape_swap_weight > 0 else 0
+        if swap:
+            # The batch's first noisy latents again, under the caption of the video drawn as the next shape.
+            swap_text = pairs[2][pairs[1][index[:swap]]].to(args.device)
+            inputs = torch.cat([noisy, noisy[:swap]])
+            input_text = torch.cat([text, swap_text])
+            input_steps = torch.cat([timesteps, timesteps[:swap]])
         prediction = transformer(
-            hidden_states=noisy, encoder_hidden_states=text, timestep=timesteps, image_rotary_emb=rotary,
+            hidden_states=inputs, encoder_hidden_states=input_text, timestep=input_steps, image_rotary_emb=rotary,
             return_dict=False,
         )[0]
+        if swap:
+            prediction, swap_prediction = prediction[:-swap], prediction[-swap:]
         if args.latent_foreground_weight > 0:
             weights = latent_foreground_weights(clean, args.latent_foreground_weight, args.latent_foreground_threshold)
             squared = (prediction - target) ** 2 * weights / weights.mean()  # the same weights on every channel
@@ -705,6 +734,11 @@ def train_transformer(
         if count:
             paired = shape_pair_loss(prediction[:count], target[:count], prediction[-count:], target[-count:])
             loss = loss + args.shape_pair_weight * paired.mean()
+        if swap:
+            swapped = shape_swap_loss(scheduler, noisy[:swap], swap_prediction,
+                                      pairs[0][index[:swap]].to(args.device), timesteps[:swap])
+            captioned = (~dropped[:swap]).to(swapped)
+            loss = loss + args.shape_swap_weight * (swapped * captioned).sum() / captioned.sum().clamp(min=1)
         if args.pixel_loss_weight > 0:
             k = args.pixel_loss_videos
             pixel = decoded_v_loss(vae, scheduler, noisy[:k], prediction[:k], clean[:k], timesteps[:k])
@@ -946,14 +980,14 @@ def main(argv=None) -> dict:
     pipe.vae_scaling_factor_image = scaling_factor
     empty_embed = world_model.embed_prompts(pipe, [""], args.text_len)
     pairs = None
-    if args.shape_pair_weight > 0:
+    if args.shape_pair_weight > 0 or args.shape_swap_weight > 0:
         pair_cache = state_dir / "shape_pairs.pt"
         pair_data = torch.load(pair_cache, map_location="cpu", weights_only=True) if pair_cache.is_file() else None
         # Stale if made for other training latents (another count, VAE or geometry).
         stale = pair_data is None or len(pair_data["latents"]) != len(latents) or \
             pair_data.get("scaling_factor") != scaling_factor
         if stale or {key: pair_data.get(key) for key in made_with} != made_with:
-            logger.info("encoding the same videos drawn as the next shape (--shape_pair_weight)")
+            logger.info("encoding the same videos drawn as the next shape (for the shape pair or swap loss)")
             pair_latents, pair_index, pair_embeds = encode_dataset(pipe, args, shape_shift=1)
             pair_data = {"latents": pair_latents * scaling_factor, "caption_index": pair_index,
                          "caption_embeds": pair_embeds, "scaling_factor": scaling_factor, **made_with}

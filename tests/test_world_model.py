@@ -206,7 +206,7 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
         TINY_ARGS + state + ["--output_dir", str(folder), "--eval_prompts", "2", "--eval_inference_steps", "2",
                              "--eval_guidance", "1,3", "--snr_shift_scale", "2", "--min_snr_gamma", "5",
                              "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2", "--shape_pair_weight", "2",
-                             "--shape_pair_videos", "3"]
+                             "--shape_pair_videos", "3", "--shape_swap_weight", "1"]
     )
 
     pipe = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
@@ -229,7 +229,7 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     assert not torch.equal(pairs["caption_embeds"], plain["caption_embeds"])
     assert pairs["scaling_factor"] == plain["scaling_factor"]  # scaled like the latents they partner
     assert math.isfinite(written["transformer"]["final_loss"])
-    # The extra terms (pixel, shape pairs) are positive, and the v loss is logged apart from them.
+    # The extra terms (pixel, shape pairs, shape swap) are positive, and the v loss is logged apart from them.
     assert 0 < written["transformer"]["final_v_loss"] < written["transformer"]["final_loss"]
     assert set(written["evaluation"]["by_guidance"]) == {"1", "3"}
     for result in written["evaluation"]["by_guidance"].values():
@@ -245,7 +245,8 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     # A second run replaces the model in place, and the same seed gives the same weights.
     script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval", "--snr_shift_scale", "2",
                                      "--min_snr_gamma", "5", "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2",
-                                     "--shape_pair_weight", "2", "--shape_pair_videos", "3"])
+                                     "--shape_pair_weight", "2", "--shape_pair_videos", "3",
+                                     "--shape_swap_weight", "1"])
     again = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
     for before, after in zip(pipe.transformer.state_dict().values(), again.transformer.state_dict().values()):
         assert torch.equal(before, after)
@@ -535,6 +536,32 @@ def test_the_shape_pair_loss_scores_only_what_the_two_predictions_differ_by():
     for bad in (["--shape_pair_weight", "-1"], ["--shape_pair_weight", "1", "--shape_pair_videos", "0"],
                 ["--shape_pair_weight", "1", "--shape_pair_videos", "33"]):
         with pytest.raises(UserError, match="--shape_pair"):
+            script.parse_args(bad)
+
+
+def test_the_shape_swap_loss_asks_for_the_other_video_from_this_ones_noisy_latents():
+    script = load_script()
+    scheduler = script.build_scheduler(script.parse_args([]))
+    generator = torch.Generator().manual_seed(2)
+    clean, other, noise = (torch.randn(3, 2, 4, 4, 4, generator=generator) for _ in range(3))
+    timesteps = torch.tensor([5, 300, 950])
+    alpha = scheduler.alphas_cumprod[timesteps].sqrt().float().view(-1, 1, 1, 1, 1)
+    sigma = (1 - scheduler.alphas_cumprod[timesteps]).sqrt().float().view(-1, 1, 1, 1, 1)
+    noisy = alpha * clean + sigma * noise
+    # A model that follows its input (the true v of the video it was given) is charged the videos' difference.
+    follows_input = alpha * noise - sigma * clean
+    loss = script.shape_swap_loss(scheduler, noisy, follows_input, other, timesteps)
+    torch.testing.assert_close(loss, (clean - other).pow(2).flatten(1).mean(1), rtol=1e-4, atol=1e-5)
+    # The v whose clean estimate (alpha * noisy - sigma * v) is the other video costs nothing.
+    follows_caption = (alpha * noisy - other) / sigma
+    assert script.shape_swap_loss(scheduler, noisy, follows_caption, other, timesteps).abs().max() < 1e-8
+    # It trains: the gradient reaches the prediction.
+    prediction = follows_input.clone().requires_grad_(True)
+    script.shape_swap_loss(scheduler, noisy, prediction, other, timesteps).sum().backward()
+    assert prediction.grad.abs().sum() > 0
+
+    for bad in (["--shape_swap_weight", "-1"], ["--shape_swap_weight", "1", "--shape_pair_videos", "0"]):
+        with pytest.raises(UserError, match="--shape_swap_weight"):
             script.parse_args(bad)
 
 
