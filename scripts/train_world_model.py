@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from receler.errors import UserError, cli_entry, setup_logging  # noqa: E402
 from receler.io_utils import atomic_write, atomic_write_json  # noqa: E402
 from receler.world import make_dataset, scene_from_caption  # noqa: E402
-from receler.world.scenes import check_shape_size  # noqa: E402
+from receler.world.scenes import COLORS, SHAPES, check_shape_size  # noqa: E402
 from receler.world import model as world_model  # noqa: E402
 
 logger = logging.getLogger("train_world_model")
@@ -127,6 +127,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="Largest noise std of that phase, in standard deviations of the batch's latents (each clip "
                           "draws its own from 0 to this), so scaling the latents up cannot outgrow it.")
     vae.add_argument("--vae_robust_lr", type=float, default=3e-4, help="Peak AdamW learning rate of that phase.")
+    vae.add_argument("--vae_shape_code_steps", type=int, default=0,
+                     help="Steps of a last VAE phase (after the robust one) that makes the latents name the shape the "
+                          "way they name the colour: wherever a shape covers a latent pixel, latent channels 0, 1 and "
+                          "2 (circle, square, triangle) must say which shape it is, by a margin of about one latent "
+                          "standard deviation (a cross-entropy on those channels, see --vae_shape_code_weight), and the "
+                          "decoder learns to draw the outline from them. Without it the latents hold a shape only in "
+                          "its outline, a pattern that changes with every pixel the shape moves. 0 skips it.")
+    vae.add_argument("--vae_shape_code_weight", type=float, default=0.02,
+                     help="Weight of that phase's cross-entropy next to the reconstruction loss (about 0.015).")
+    vae.add_argument("--vae_shape_code_lr", type=float, default=3e-4, help="Peak AdamW learning rate of that phase.")
     vae.add_argument("--vae_check_videos", type=int, default=96,
                      help="Single-shape videos whose VAE reconstructions the classifier scores after the VAE phases "
                           "(the ceiling of what the model can draw; in training_summary.json).")
@@ -290,6 +300,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if value < 0 or (value > 0 and not 1 <= count <= args.batch_size):
             raise UserError(f"--{weight} must be >= 0 and --{videos} between 1 and --batch_size ({args.batch_size}), "
                             f"got {value} and {count}")
+    if args.vae_shape_code_steps > 0 and args.latent_channels < len(SHAPES):
+        raise UserError(f"--vae_shape_code_steps names each shape with a latent channel: --latent_channels must be at "
+                        f"least {len(SHAPES)}, got {args.latent_channels}")
     if not args.snr_shift_scale > 0:
         raise UserError(f"--snr_shift_scale must be > 0 (1.0 leaves the schedule as it is), got {args.snr_shift_scale}")
     return args
@@ -482,11 +495,44 @@ def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: fl
     return 1.0 + extra * world_model.shape_positions(latents, threshold).float()
 
 
-def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_noise: float = 0.0):
+# The shape code: latent channel SHAPES.index(shape) names the shape wherever it covers a latent pixel. Its
+# logits are these channels over the batch's latent std times this sharpness, so a confident code (cross-entropy
+# ~0.04) needs the named shape's channel about one latent std above the others.
+SHAPE_CODE_SHARPNESS = 4.0
+
+
+def shape_code_labels(videos: np.ndarray, captions: list[str], spatial_scale: int, temporal_scale: int = 4,
+                      cover: float = 0.5) -> torch.Tensor:
+    """Per latent pixel, the index in :data:`SHAPES` of the shape that covers at least ``cover`` of its pixels, -1
+    where none does: ``long [B, F_latent, h, w]`` for uint8 videos ``[B, F, H, W, 3]``. The latent grid is the
+    VAE's: the first frame alone, then groups of ``temporal_scale`` frames, and squares of ``spatial_scale``
+    pixels. A shape's pixels are those of its colour (every shape of a scene has its own colour)."""
+    count, frames, height, width, _ = videos.shape
+    cover_of = np.zeros((count, frames, height, width, len(SHAPES)), dtype=np.float32)
+    for item, (video, caption) in enumerate(zip(videos, captions)):
+        for spec in scene_from_caption(caption).shapes:
+            cover_of[item, ..., SHAPES.index(spec.shape)] += (video == np.array(COLORS[spec.color])).all(-1)
+    groups = [slice(0, 1)] + [slice(start, start + temporal_scale) for start in range(1, frames, temporal_scale)]
+    pooled = np.stack([cover_of[:, group].mean(1) for group in groups], axis=1)  # [B, F_latent, H, W, shapes]
+    pooled = pooled.reshape(count, len(groups), height // spatial_scale, spatial_scale, width // spatial_scale,
+                            spatial_scale, len(SHAPES)).mean((3, 5))
+    labels = pooled.argmax(-1)
+    labels[pooled.max(-1) < cover] = -1
+    return torch.from_numpy(labels).long()
+
+
+def shape_code_loss(latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the shape code: VAE latents ``[B, C, F, h, w]``, labels ``[B, F, h, w]`` (-1: no shape)."""
+    logits = SHAPE_CODE_SHARPNESS * latents[:, : len(SHAPES)] / latents.std().detach()
+    return torch.nn.functional.cross_entropy(logits, labels.to(latents.device), ignore_index=-1)
+
+
+def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_noise: float = 0.0, labels=None):
     """Weighted per-pixel MSE of a sampled reconstruction plus a small KL term (keeps latents tame).
 
     With ``latent_noise``, each clip's latents get Gaussian noise of a std drawn from [0, latent_noise] times the
-    batch's latent std before decoding."""
+    batch's latent std before decoding. With shape-code ``labels`` (:func:`shape_code_labels`),
+    ``--vae_shape_code_weight`` times :func:`shape_code_loss` of the posterior means is added."""
     posterior = vae.encode(video).latent_dist
     latents = posterior.sample(generator=generator)
     if latent_noise > 0:
@@ -497,7 +543,10 @@ def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_
     weights = foreground_weights(video, args.vae_foreground_weight)
     rec = ((reconstruction - video) ** 2 * weights).mean() / weights.mean()
     kl = posterior.kl().sum() / posterior.mean.numel()
-    return rec + args.vae_kl_weight * kl, rec, kl
+    loss = rec + args.vae_kl_weight * kl
+    if labels is not None:
+        loss = loss + args.vae_shape_code_weight * shape_code_loss(posterior.mean, labels)
+    return loss, rec, kl
 
 
 def train_vae(vae, args) -> dict:
@@ -539,9 +588,10 @@ def train_vae(vae, args) -> dict:
 
 
 def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, step: int, steps: int, running, progress,
-             latent_noise: float = 0.0):
+             latent_noise: float = 0.0, labels=None):
     """One VAE update on ``batch`` (uint8 videos); returns the running reconstruction loss (and logs it)."""
-    loss, rec, kl = vae_loss(vae, world_model.to_model_video(batch).to(vae.device), args, generator, latent_noise)
+    loss, rec, kl = vae_loss(vae, world_model.to_model_video(batch).to(vae.device), args, generator, latent_noise,
+                             labels)
     if not torch.isfinite(loss):
         raise RuntimeError(f"VAE loss is not finite at {phase} step {step}; lower the VAE learning rate")
     optimizer.zero_grad(set_to_none=True)
@@ -561,17 +611,23 @@ def finetune_vae(vae, args, phase: str = "finetune") -> dict:
     and its own random stream, so a run resumed between phases ends exactly as an uninterrupted one.
 
     ``finetune`` sharpens the reconstructions at a lower learning rate; ``robust`` trains on noisy latents
-    (``--vae_robust_noise``) so that what the decoder reads stays apart by more than the transformer's errors.
+    (``--vae_robust_noise``) so that what the decoder reads stays apart by more than the transformer's errors;
+    ``shape_code`` keeps the noise and adds the shape code (``--vae_shape_code_steps``).
     """
     from tqdm.auto import tqdm
 
     offset, steps, peak_lr, noise = {
         "finetune": (102, args.vae_finetune_steps, args.vae_finetune_lr, 0.0),
         "robust": (104, args.vae_robust_steps, args.vae_robust_lr, args.vae_robust_noise),
+        "shape_code": (106, args.vae_shape_code_steps, args.vae_shape_code_lr, args.vae_robust_noise),
     }[phase]
-    _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + offset, two_shape_prob=args.two_shape_prob,
-                                shape_size=args.shape_size))
+    captions, pool = zip(*world_videos(args.vae_videos, seed=args.seed + offset, two_shape_prob=args.two_shape_prob,
+                                       shape_size=args.shape_size))
     pool = np.concatenate(pool)
+    labels = None
+    if phase == "shape_code":
+        labels = shape_code_labels(pool, [caption for chunk in captions for caption in chunk],
+                                   spatial_scale=2 ** (len(vae.config.block_out_channels) - 1))
     generator = torch.Generator().manual_seed(args.seed + offset + 1)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=peak_lr, weight_decay=0.0)
     vae.train().requires_grad_(True)
@@ -582,7 +638,7 @@ def finetune_vae(vae, args, phase: str = "finetune") -> dict:
             group["lr"] = cosine_lr(step, steps, peak_lr, warmup=min(20, steps))
         index = torch.randint(len(pool), (args.vae_batch_size,), generator=generator).numpy()
         running = vae_step(vae, optimizer, pool[index], args, generator, phase, step, steps, running, progress,
-                           latent_noise=noise)
+                           latent_noise=noise, labels=None if labels is None else labels[index])
     vae.eval().requires_grad_(False)
     return {f"final_reconstruction_loss_{phase}": running}
 
@@ -939,7 +995,8 @@ def main(argv=None) -> dict:
         save_frozen_parts(vae_stage, text_encoder, vae, phases, vae_stats)
     ours = args.vae_from is None or Path(args.vae_from) == vae_stage  # another model's VAE is reused as it is
     late_phases = [("finetune", args.vae_finetune_steps, "fine-tuning the VAE on clips"),
-                   ("robust", args.vae_robust_steps, "training the VAE on noisy latents")]
+                   ("robust", args.vae_robust_steps, "training the VAE on noisy latents"),
+                   ("shape_code", args.vae_shape_code_steps, "teaching the VAE's latents to name the shape")]
     for phase, steps, what in late_phases:
         if ours and phase not in phases and steps > 0:
             logger.info("%s: %d steps", what, steps)

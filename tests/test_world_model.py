@@ -206,7 +206,8 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
         TINY_ARGS + state + ["--output_dir", str(folder), "--eval_prompts", "2", "--eval_inference_steps", "2",
                              "--eval_guidance", "1,3", "--snr_shift_scale", "2", "--min_snr_gamma", "5",
                              "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2", "--shape_pair_weight", "2",
-                             "--shape_pair_videos", "3", "--shape_swap_weight", "1"]
+                             "--shape_pair_videos", "3", "--shape_swap_weight", "1",
+                             "--vae_shape_code_steps", "2"]
     )
 
     pipe = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
@@ -238,7 +239,7 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     accuracies = {"color_accuracy", "shape_accuracy", "direction_accuracy", "background_accuracy"}
     assert set(written["vae"]["reconstruction"]) == accuracies | {"with_latent_noise"}
     assert set(written["vae"]["reconstruction"]["with_latent_noise"]["0.2"]) == accuracies
-    assert written["vae"]["phases"] == ["frames", "clips", "finetune", "robust"]
+    assert written["vae"]["phases"] == ["frames", "clips", "finetune", "robust", "shape_code"]
     # No staging or backup folders are left next to the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state", "world"]
 
@@ -246,7 +247,7 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval", "--snr_shift_scale", "2",
                                      "--min_snr_gamma", "5", "--pixel_loss_weight", "0.5", "--pixel_loss_videos", "2",
                                      "--shape_pair_weight", "2", "--shape_pair_videos", "3",
-                                     "--shape_swap_weight", "1"])
+                                     "--shape_swap_weight", "1", "--vae_shape_code_steps", "2"])
     again = CogVideoXPipeline.from_pretrained(folder, local_files_only=True)
     for before, after in zip(pipe.transformer.state_dict().values(), again.transformer.state_dict().values()):
         assert torch.equal(before, after)
@@ -563,6 +564,53 @@ def test_the_shape_swap_loss_asks_for_the_other_video_from_this_ones_noisy_laten
     for bad in (["--shape_swap_weight", "-1"], ["--shape_swap_weight", "1", "--shape_pair_videos", "0"]):
         with pytest.raises(UserError, match="--shape_swap_weight"):
             script.parse_args(bad)
+
+
+def test_the_shape_code_labels_latent_pixels_by_the_shape_that_covers_them():
+    from receler.world.scenes import BACKGROUNDS, COLORS
+
+    script = load_script()
+    video = np.empty((2, 9, 16, 16, 3), dtype=np.uint8)
+    video[:] = BACKGROUNDS["gray"]
+    # Video 0: a red square over pixel rows 4-11 and columns 4-9 in frame 0 and in frames 1-2 (half of the first
+    # group of four), nowhere in frames 3-8. Video 1: a blue triangle (pixels 0-3 by 0-3) beside a red circle
+    # (pixels 12-15 by 12-14) in every frame.
+    video[0, 0:3, 4:12, 4:10] = COLORS["red"]
+    video[1, :, 0:4, 0:4] = COLORS["blue"]
+    video[1, :, 12:16, 12:15] = COLORS["red"]
+    captions = ["a red square moving left on a gray background",
+                "a blue triangle moving up and a red circle moving down on a gray background"]
+    labels = script.shape_code_labels(video, captions, spatial_scale=4)
+    assert labels.shape == (2, 3, 4, 4)  # the first frame alone, then two groups of four; 4 px squares
+    square, circle, triangle = 1, 0, 2
+    expected = torch.full((2, 3, 4, 4), -1)
+    # Latent columns 1 (pixels 4-7, covered) and 2 (pixels 8-11, half covered): both labelled in the first frame. In
+    # latent frame 1 the square is in half of the group's frames: column 1 is half covered, column 2 a quarter.
+    # Latent frame 2 has none of it.
+    expected[0, 0, 1:3, 1:3] = square
+    expected[0, 1, 1:3, 1] = square
+    expected[1, :, 0, 0] = triangle
+    expected[1, :, 3, 3] = circle  # 12 of 16 pixels
+    assert torch.equal(labels, expected)
+    # A quarter of a square is not enough.
+    video[0, 0, 4:12, 8:10] = BACKGROUNDS["gray"]
+    video[0, 0, 4:12, 8:9] = COLORS["red"]
+    assert script.shape_code_labels(video, captions, spatial_scale=4)[0, 0, 1, 2] == -1
+
+    # The loss: cross-entropy of the first three channels over the latents' std, times the sharpness.
+    generator = torch.Generator().manual_seed(3)
+    latents = torch.randn(2, 5, 3, 4, 4, generator=generator)
+    logits = script.SHAPE_CODE_SHARPNESS * latents[:, :3] / latents.std()
+    picked = [(b, f, y, x) for b, f, y, x in zip(*torch.nonzero(expected >= 0, as_tuple=True))]
+    by_hand = sum(torch.logsumexp(logits[b, :, f, y, x], 0) - logits[b, expected[b, f, y, x], f, y, x]
+                  for b, f, y, x in picked) / len(picked)
+    torch.testing.assert_close(script.shape_code_loss(latents, expected), by_hand)
+    # Its gradient reaches the code channels of the labelled latent pixels, and nothing else.
+    latents.requires_grad_(True)
+    script.shape_code_loss(latents, expected).backward()
+    by_position = latents.grad.permute(0, 2, 3, 4, 1)  # [B, F, h, w, C]
+    assert by_position[expected >= 0][:, :3].abs().min() > 0
+    assert by_position[expected < 0].abs().max() == 0 and by_position[..., 3:].abs().max() == 0
 
 
 def test_learning_rate_schedule_and_foreground_weights():
