@@ -360,6 +360,21 @@ def test_a_cuda_run_draws_the_cpu_runs_random_stream_and_saves_a_cpu_loadable_fo
     assert {p.device.type for p in pipe.transformer.parameters()} == {"cpu"}
 
 
+def test_the_shape_swap_term_skips_videos_whose_caption_was_dropped(tmp_path):
+    script = load_script()
+    args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state"), "--shape_swap_weight", "5",
+                        "--shape_pair_videos", "2"]
+    # Every caption dropped (at 0.99 the seeded draws drop all four of the two steps' swapped videos): the swap term
+    # has nothing to ask of the caption, so the loss is the v loss alone.
+    script.main(args + ["--output_dir", str(tmp_path / "dropped"), "--caption_dropout", "0.99"])
+    dropped = json.loads((tmp_path / "dropped" / "training_summary.json").read_text())["transformer"]
+    assert dropped["final_loss"] == dropped["final_v_loss"]
+    # No caption dropped: the term adds to it.
+    script.main(args + ["--output_dir", str(tmp_path / "kept"), "--caption_dropout", "0", "--resume"])
+    kept = json.loads((tmp_path / "kept" / "training_summary.json").read_text())["transformer"]
+    assert kept["final_loss"] > kept["final_v_loss"]
+
+
 def test_a_resume_in_another_world_geometry_encodes_its_own_latents(tmp_path):
     script = load_script()
     args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state")]
