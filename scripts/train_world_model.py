@@ -533,7 +533,8 @@ def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_
 
     With ``latent_noise``, each clip's latents get Gaussian noise of a std drawn from [0, latent_noise] times the
     batch's latent std before decoding. With shape-code ``labels`` (:func:`shape_code_labels`),
-    ``--vae_shape_code_weight`` times :func:`shape_code_loss` of the posterior means is added."""
+    ``--vae_shape_code_weight`` times :func:`shape_code_loss` of the posterior means is added.
+    Returns ``(loss, reconstruction, kl, shape code loss or None)``."""
     posterior = vae.encode(video).latent_dist
     latents = posterior.sample(generator=generator)
     if latent_noise > 0:
@@ -545,9 +546,10 @@ def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_
     rec = ((reconstruction - video) ** 2 * weights).mean() / weights.mean()
     kl = posterior.kl().sum() / posterior.mean.numel()
     loss = rec + args.vae_kl_weight * kl
-    if labels is not None:
-        loss = loss + args.vae_shape_code_weight * shape_code_loss(posterior.mean, labels)
-    return loss, rec, kl
+    code = None if labels is None else shape_code_loss(posterior.mean, labels)
+    if code is not None:
+        loss = loss + args.vae_shape_code_weight * code
+    return loss, rec, kl, code
 
 
 def train_vae(vae, args) -> dict:
@@ -591,8 +593,8 @@ def train_vae(vae, args) -> dict:
 def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, step: int, steps: int, running, progress,
              latent_noise: float = 0.0, labels=None):
     """One VAE update on ``batch`` (uint8 videos); returns the running reconstruction loss (and logs it)."""
-    loss, rec, kl = vae_loss(vae, world_model.to_model_video(batch).to(vae.device), args, generator, latent_noise,
-                             labels)
+    loss, rec, kl, code = vae_loss(vae, world_model.to_model_video(batch).to(vae.device), args, generator,
+                                   latent_noise, labels)
     if not torch.isfinite(loss):
         raise RuntimeError(f"VAE loss is not finite at {phase} step {step}; lower the VAE learning rate")
     optimizer.zero_grad(set_to_none=True)
@@ -602,8 +604,8 @@ def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, ste
     running = rec.item() if running is None else 0.95 * running + 0.05 * rec.item()
     progress.set_postfix(rec=f"{running:.4f}", kl=f"{kl.item():.3f}", refresh=False)
     if (step + 1) % args.log_every == 0 or step + 1 == steps:
-        logger.info("vae %s step %d/%d: weighted reconstruction %.4f (running), kl %.3f", phase, step + 1, steps,
-                    running, kl.item())
+        logger.info("vae %s step %d/%d: weighted reconstruction %.4f (running), kl %.3f%s", phase, step + 1, steps,
+                    running, kl.item(), "" if code is None else f", shape code cross-entropy {code.item():.3f}")
     return running
 
 

@@ -679,7 +679,8 @@ def test_the_robust_vae_phase_decodes_latents_with_noise_relative_to_their_sprea
 
     # No noise: the decoder gets the latents themselves and the loss is the plain MSE against a zero reconstruction.
     vae = RecordingVAE(latents)
-    loss, rec, _ = script.vae_loss(vae, video, args, torch.Generator().manual_seed(1))
+    loss, rec, _, code = script.vae_loss(vae, video, args, torch.Generator().manual_seed(1))
+    assert code is None  # no shape-code labels, no shape-code term
     assert torch.allclose(vae.decoded[0], latents, atol=1e-5)
     assert rec.item() == pytest.approx((video**2).mean().item(), rel=1e-6)
 
