@@ -398,6 +398,11 @@ def build_vae(args):
     )
 
 
+def vae_spatial_scale(vae) -> int:
+    """How many pixels of a frame's side one latent pixel covers (each VAE block after the first halves it)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def build_transformer(args, text_dim: int, spatial_scale: int):
     from diffusers import CogVideoXTransformer3DModel
 
@@ -548,8 +553,9 @@ def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_
     rec = ((reconstruction - video) ** 2 * weights).mean() / weights.mean()
     kl = posterior.kl().sum() / posterior.mean.numel()
     loss = rec + args.vae_kl_weight * kl
-    code = None if labels is None else shape_code_loss(posterior.mean, labels)
-    if code is not None:
+    code = None
+    if labels is not None:
+        code = shape_code_loss(posterior.mean, labels)
         loss = loss + args.vae_shape_code_weight * code
     return loss, rec, kl, code
 
@@ -632,7 +638,8 @@ def finetune_vae(vae, args, phase: str = "finetune") -> dict:
     labels = None
     if phase == "shape_code":
         labels = shape_code_labels(pool, [caption for chunk in captions for caption in chunk],
-                                   spatial_scale=2 ** (len(vae.config.block_out_channels) - 1))
+                                   spatial_scale=vae_spatial_scale(vae),
+                                   temporal_scale=vae.config.temporal_compression_ratio)
     generator = torch.Generator().manual_seed(args.seed + offset + 1)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=peak_lr, weight_decay=0.0)
     vae.train().requires_grad_(True)
@@ -1011,8 +1018,7 @@ def main(argv=None) -> dict:
     vae_stats = {**vae_stats, "phases": phases, "reconstruction": vae_check(vae, args)}
     timings["vae_training_s"] = time.perf_counter() - stage
 
-    spatial_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    transformer = build_transformer(args, text_dim=text_encoder.config.d_model, spatial_scale=spatial_scale)
+    transformer = build_transformer(args, text_dim=text_encoder.config.d_model, spatial_scale=vae_spatial_scale(vae))
     transformer.to(args.device)
     scheduler = build_scheduler(args)
     pipe = CogVideoXPipeline(
