@@ -233,6 +233,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ev.add_argument("--eval_prompts", type=int, default=None,
                     help="Evaluate only the first N of the 168 check prompts (default: all).")
     ev.add_argument("--skip_eval", action="store_true", help="Save the model without measuring it.")
+    ev.add_argument("--evaluate_only", action="store_true",
+                    help="Train nothing: measure the model already in --output_dir on the check prompts and write the "
+                         "result into its training_summary.json (e.g. a model trained before a score was added).")
     ev.add_argument("--eval_every", type=int, default=1000,
                     help="Also score the 35 quick check prompts (colour, shape, direction, background, two-shape scenes) "
                          "every N transformer steps, at guidance 1 (0: never).")
@@ -900,10 +903,12 @@ def evaluate(folder: Path, args) -> dict:
         results[f"{guidance:g}"] = {
             **{key: scores[key] for key in ACCURACY_KEYS},
             "color_accuracy_per_color": scores["per_color"],
+            "shape_accuracy_per_shape": scores["per_shape"],
+            "shape_readings": scores["shape_readings"],
             "seconds": round(time.perf_counter() - start, 1),
         }
-        logger.info("guidance %g: %s (%d prompts, %.0f s)", guidance, _accuracies(scores), len(prompts),
-                    time.perf_counter() - start)
+        logger.info("guidance %g: %s (%d prompts, %.0f s); %s", guidance, _accuracies(scores), len(prompts),
+                    time.perf_counter() - start, _shape_split(scores))
     return {
         "num_prompts": len(prompts),
         "render_settings": {
@@ -916,6 +921,25 @@ def evaluate(folder: Path, args) -> dict:
         },
         "by_guidance": results,
     }
+
+
+def evaluate_saved(folder: Path, args) -> dict:
+    """``--evaluate_only``: score a saved model and record it in its summary (other entries kept)."""
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"--evaluate_only needs a saved world model in --output_dir, and {folder} has no "
+                        f"model_index.json; train one first or point --output_dir at one")
+    summary_file = folder / "training_summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary["evaluation"] = evaluate(folder, args)
+    atomic_write_json(summary_file, summary)
+    return summary
+
+
+def _shape_split(scores: dict) -> str:
+    """Shape accuracy by prompted shape and what the classifier read, e.g. to spot one blob read as a circle."""
+    accuracy = " / ".join(f"{shape} {value:.3f}" for shape, value in sorted(scores["per_shape"].items()))
+    readings = " / ".join(f"{shape} {count}" for shape, count in sorted(scores["shape_readings"].items()))
+    return f"shape by prompted shape: {accuracy}; shapes read: {readings}"
 
 
 def _accuracies(scores: dict) -> str:
@@ -978,6 +1002,8 @@ def main(argv=None) -> dict:
     from diffusers import CogVideoXPipeline
 
     output_dir = Path(args.output_dir)
+    if args.evaluate_only:
+        return evaluate_saved(output_dir, args)
     check_output_dir(output_dir)
     state_dir = Path(args.state_dir)
     if not args.resume and state_dir.exists():

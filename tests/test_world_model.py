@@ -134,6 +134,11 @@ def test_score_videos_counts_colour_shape_direction_and_background_hits():
     assert scores["direction_accuracy"] == 0.5  # ... moves up, not down
     assert scores["background_accuracy"] == 0.5  # ... on gray, not black
     assert scores["per_color"] == {"red": 0.5}  # both prompts ask for red
+    assert scores["per_shape"] == {"circle": 1.0, "square": 1.0}
+    assert scores["shape_readings"] == {"circle": 1, "square": 1}
+    # A square asked for as a circle: a miss on circles, read as a square.
+    misread = world_model.score_videos([blue_square], ["a blue circle moving up on a gray background"])
+    assert misread["per_shape"] == {"circle": 0.0} and misread["shape_readings"] == {"square": 1}
     assert scores["two_shape_accuracy"] is None
     with pytest.raises(ValueError, match="2 videos for 1 prompts"):
         world_model.score_videos([red_circle, blue_square], prompts[:1])
@@ -198,7 +203,7 @@ def test_training_script_help_explains_every_flag(capsys):
         assert flag in text
 
 
-def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
+def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path, capsys):
     script = load_script()
     folder = tmp_path / "world"
     state = ["--state_dir", str(tmp_path / "state")]
@@ -242,6 +247,21 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path):
     assert written["vae"]["phases"] == ["frames", "clips", "finetune", "robust", "shape_code"]
     # No staging or backup folders are left next to the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state", "world"]
+
+    # --evaluate_only re-measures the saved model (here at another guidance) and keeps the rest of the summary.
+    script.main(["--output_dir", str(folder), "--evaluate_only", "--eval_prompts", "2", "--eval_inference_steps", "2",
+                 "--eval_guidance", "2", "--state_dir", str(tmp_path / "no-state")])
+    remeasured = json.loads((folder / "training_summary.json").read_text())
+    assert set(remeasured["evaluation"]["by_guidance"]) == {"2"}
+    assert remeasured["transformer"] == written["transformer"] and remeasured["vae"] == written["vae"]
+    result = remeasured["evaluation"]["by_guidance"]["2"]
+    assert sum(result["shape_readings"].values()) == 2  # the first two check prompts have one shape each
+    assert set(result["shape_accuracy_per_shape"]) <= {"circle", "square", "triangle"}
+    assert not (tmp_path / "no-state").exists()  # it trains nothing, so it makes no state folder
+    with pytest.raises(SystemExit) as refused:
+        script.main(["--output_dir", str(tmp_path / "state"), "--evaluate_only"])
+    assert refused.value.code == 2
+    assert "model_index.json" in capsys.readouterr().err
 
     # A second run replaces the model in place, and the same seed gives the same weights.
     script.main(TINY_ARGS + state + ["--output_dir", str(folder), "--skip_eval", "--snr_shift_scale", "2",

@@ -217,9 +217,11 @@ def score_videos(videos, prompts) -> dict:
     ``prompts`` are captions, ``(prompt, seed)`` pairs or dicts with a ``prompt``. Single-shape videos
     count for ``color_accuracy``, ``shape_accuracy``, ``direction_accuracy`` and ``background_accuracy``
     (the classifier's majority colour / shape, the largest blob's direction, the border's background);
-    ``per_color`` splits the colour accuracy by prompted colour. Each shape of a two-shape video counts
-    for ``two_shape_accuracy`` when an object of its colour is shown with its shape and direction.
-    ``labels`` holds one ``(color, shape)`` reading per video.
+    ``per_color`` splits the colour accuracy by prompted colour and ``per_shape`` the shape accuracy by
+    prompted shape; ``shape_readings`` counts the shapes the classifier read in single-shape videos (a model
+    that draws one blob everywhere scores a third on shape, all of it on the shape the blob reads as, and
+    these two show it). Each shape of a two-shape video counts for ``two_shape_accuracy`` when an object of
+    its colour is shown with its shape and direction. ``labels`` holds one ``(color, shape)`` reading per video.
     """
     from receler.world.classify import describe_object, video_shows_color
 
@@ -229,7 +231,7 @@ def score_videos(videos, prompts) -> dict:
     if not videos:
         raise ValueError("no videos to score")
     hits = {"color": [], "shape": [], "direction": [], "background": []}
-    per_color, two_shape, labels = {}, [], []
+    per_color, per_shape, shape_readings, two_shape, labels = {}, {}, {}, [], []
     for video, prompt in zip(videos, prompts):
         scene = scene_from_caption(_prompt_text(prompt))
         label = classify_video(video)
@@ -245,6 +247,9 @@ def score_videos(videos, prompts) -> dict:
             hits[attribute].append(getattr(label, attribute) == getattr(wanted, attribute))
         hits["background"].append(label.background == scene.background)
         per_color.setdefault(wanted.color, []).append(label.color == wanted.color)
+        per_shape.setdefault(wanted.shape, []).append(label.shape == wanted.shape)
+        read = label.shape or "none"  # None: no shape found
+        shape_readings[read] = shape_readings.get(read, 0) + 1
 
     def rate(values):
         return sum(values) / len(values) if values else None
@@ -252,6 +257,8 @@ def score_videos(videos, prompts) -> dict:
     return {
         **{f"{attribute}_accuracy": rate(values) for attribute, values in hits.items()},
         "per_color": {color: rate(values) for color, values in per_color.items()},
+        "per_shape": {shape: rate(values) for shape, values in per_shape.items()},
+        "shape_readings": shape_readings,
         "two_shape_accuracy": rate(two_shape),
         "labels": labels,
     }
