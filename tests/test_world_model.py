@@ -437,6 +437,21 @@ def test_the_probes_truth_is_drawn_in_the_world_it_is_given(bundled_pipe):
         assert xs.min() % 4 == 0 and ys.min() % 4 == 0
 
 
+def test_the_probe_reads_each_prompted_shape_apart():
+    from receler.world import Scene, ShapeSpec, render_video
+    from receler.world.probe import accuracies, table
+
+    circle = render_video(Scene((ShapeSpec("red", "circle", "left"),), "gray"), seed=1)
+    square = render_video(Scene((ShapeSpec("blue", "square", "up"),), "gray"), seed=2)
+    captions = ["a red circle moving left on a gray background", "a blue square moving up on a gray background",
+                "a blue triangle moving up on a gray background"]  # the square again, asked for as a triangle
+    row = accuracies([circle, square, square], captions)
+    assert row["shape_per_shape"] == {"circle": 1.0, "square": 1.0, "triangle": 0.0}
+    assert row["shape"] == pytest.approx(2 / 3)
+    assert "| 100% / 100% / 0% |" in table([{"stage": "truth", **row}])
+    assert "| 100% / - / - |" in table([{"stage": "truth", **accuracies([circle], captions[:1])}])
+
+
 def test_partial_captions_leave_out_attributes():
     script = load_script()
     captions = ["a red circle moving left on a gray background"] * 400
@@ -836,7 +851,8 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     for index in (29, 27):  # the default --predict_at
         assert f"predicted from t={int(schedule.timesteps[index])}" in stages
     assert rows[0] == {"stage": "truth", "color": 1.0, "shape": 1.0, "direction": 1.0,  # ground truth reads right
-                       "shape_first_frame": 1.0, "shape_later_frames": 1.0}
+                       "shape_first_frame": 1.0, "shape_later_frames": 1.0,
+                       "shape_per_shape": {"circle": 1.0, "square": 1.0, "triangle": 1.0}}  # 6 videos hold all three
     written = json.loads(out.read_text())
     assert written["rows"] == rows
     assert written["world"] == {"position_grid": 1, "shape_size": None}  # the bundled model's: the plain world

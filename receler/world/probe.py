@@ -57,7 +57,8 @@ def accuracies(videos, captions) -> dict:
     """Colour, shape and direction accuracy of single-shape ``videos`` against their ``captions``, and the shape
     read frame by frame: ``shape_first_frame`` (frame 0, which the causal VAE encodes into a latent frame of its
     own) and ``shape_later_frames`` (the rest, four frames to a latent frame): the share of such frames whose
-    shape is the caption's."""
+    shape is the caption's. ``shape_per_shape``: the shape accuracy of each prompted shape (a stage that turns
+    squares into circles keeps every circle and loses every square, which the mean alone would not say)."""
     scores = world.score_videos(videos, captions)
     first, later = [], []
     for video, caption in zip(videos, captions):
@@ -66,7 +67,8 @@ def accuracies(videos, captions) -> dict:
         first.append(hits[0])
         later.extend(hits[1:])
     return {**{a: scores[f"{a}_accuracy"] for a in ATTRIBUTES},
-            "shape_first_frame": float(np.mean(first)), "shape_later_frames": float(np.mean(later)) if later else None}
+            "shape_first_frame": float(np.mean(first)), "shape_later_frames": float(np.mean(later)) if later else None,
+            "shape_per_shape": {shape: scores["per_shape"][shape] for shape in SHAPES if shape in scores["per_shape"]}}
 
 
 def encode(pipe, videos: np.ndarray) -> torch.Tensor:
@@ -270,8 +272,9 @@ def shape_word_influence(pipe, num_videos: int = 48, seed: int = 777, starts=(29
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stage | colour | shape | direction | shape, frame by frame: first / later | latent error at the shape |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| stage | colour | shape | direction | shape, frame by frame: first / later | shape of "
+             + " / ".join(SHAPES) + " | latent error at the shape |",
+             "|---|---|---|---|---|---|---|"]
 
     def percent(value):
         return "-" if value is None else f"{100 * value:.0f}%"
@@ -279,7 +282,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         error = f"{r['latent_error']:.2f}" if "latent_error" in r else "-"
         frames = f"{percent(r['shape_first_frame'])} / {percent(r['shape_later_frames'])}"
-        lines.append(f"| {r['stage']} | " + " | ".join(percent(r[a]) for a in ATTRIBUTES) + f" | {frames} | {error} |")
+        by_shape = " / ".join(percent(r["shape_per_shape"].get(shape)) for shape in SHAPES)
+        lines.append(f"| {r['stage']} | " + " | ".join(percent(r[a]) for a in ATTRIBUTES)
+                     + f" | {frames} | {by_shape} | {error} |")
     return "\n".join(lines)
 
 
