@@ -835,6 +835,25 @@ def test_shape_word_influence_is_zero_for_a_transformer_deaf_to_the_caption(bund
 
 
 @requires_bundled_model
+def test_a_transformer_that_copies_its_input_redraws_nothing(bundled_pipe, monkeypatch):
+    from receler.world import probe
+
+    heard = probe.shape_redraw(bundled_pipe, num_videos=6, starts=(29, 12))
+    assert list(heard) == [32, 599]
+    for reading in heard.values():
+        assert 0 <= reading["redrawn"] <= 1 and set(reading["redrawn_per_shape"]) <= {"circle", "square", "triangle"}
+        assert reading["start"] > 0.05  # two shapes' latents differ where they are drawn
+
+    # An estimate that is the input's own clean latents is exactly as far from the named shape as the input, and
+    # decodes to the shape it was, not the one named.
+    monkeypatch.setattr(probe, "predict_clean", lambda pipe, latents, *args: latents)
+    copied = probe.shape_redraw(bundled_pipe, num_videos=6, starts=(29,))[32]
+    assert copied["error"] == pytest.approx(copied["start"])
+    assert copied["start"] == pytest.approx(heard[32]["start"])
+    assert copied["redrawn"] <= 1 / 3  # the bundled VAE keeps most shapes, so most read as their own
+
+
+@requires_bundled_model
 def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_path):
     from receler.world.probe import main
 
@@ -857,6 +876,7 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     assert written["rows"] == rows
     assert written["world"] == {"position_grid": 1, "shape_size": None}  # the bundled model's: the plain world
     assert set(written["shape_word_influence"]) == {str(int(schedule.timesteps[i])) for i in (29, 27, 24, 18, 12, 6)}
+    assert set(written["shape_redraw"]) == {str(int(schedule.timesteps[i])) for i in (29, 27, 24, 18, 12)}
 
     # A circle and a square differ in their corners (1 - pi/4 = 21% of the box), a triangle from either in at
     # least 29% of it, so the circle / square pair is the closest in any code that keeps the shapes.

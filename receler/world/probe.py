@@ -28,7 +28,9 @@ Two more readings: how far apart the shapes lie in the latents (:func:`shape_dis
 transformer's estimate moves when the caption names another shape (:func:`shape_word_influence`), at each noise
 level: a model that draws the shape it is told moves it by about the distance between the shapes. And how far
 the latents move when the shape moves by a pixel or two (:func:`shift_distances`): where that is as large as the
-distance between shapes, misplacing a shape by that much costs as much as drawing the wrong one.
+distance between shapes, misplacing a shape by that much costs as much as drawing the wrong one. And whether it
+redraws a video as the shape its caption names, from the video's own noisy latents (:func:`shape_redraw`), at
+each noise level and for each named shape.
 """
 
 from __future__ import annotations
@@ -243,8 +245,7 @@ def shift_distances(pipe, num_videos: int = 48, seed: int = 777, shifts=(1, 2, 4
 
 def swap_shape(caption: str) -> str:
     """``caption`` naming the next shape instead of its own (circle -> square -> triangle -> circle)."""
-    words = caption.split()
-    return " ".join(SHAPES[(SHAPES.index(w) + 1) % len(SHAPES)] if w in SHAPES else w for w in words)
+    return " ".join(next_shape(word) if word in SHAPES else word for word in caption.split())
 
 
 @torch.no_grad()
@@ -269,6 +270,51 @@ def shape_word_influence(pipe, num_videos: int = 48, seed: int = 777, starts=(29
         moved = predict_clean(pipe, latents, own, t, noise) - predict_clean(pipe, latents, other, t, noise)
         influence[t] = rms_at(moved, where)
     return influence
+
+
+def next_shape(shape: str) -> str:
+    """The shape after ``shape`` (circle -> square -> triangle -> circle), as :func:`swap_shape` names it."""
+    return SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)]
+
+
+@torch.no_grad()
+def shape_redraw(pipe, num_videos: int = 48, seed: int = 777, starts=(29, 27, 24, 18, 12),
+                 num_inference_steps: int = world.NUM_INFERENCE_STEPS,
+                 world_args: dict | None = None) -> dict[int, dict]:
+    """Can the transformer redraw a video as the shape its caption names (what ``--shape_swap_weight`` trains)?
+
+    Each scene is drawn as its own shape and as the next one (same colour, path and background). For each timestep
+    (indices into the schedule) the own video's latents are noised to it and the transformer's one-step clean
+    estimate is taken under the caption naming the next shape. Returns, per timestep: ``error``, the RMS distance
+    of that estimate from the next shape's latents where either shape is (latent stds); ``start``, the same
+    distance for the own latents (what copying the input would score); ``redrawn``, the share of decoded
+    estimates the classifier reads as the named shape, and ``redrawn_per_shape``, split by the named shape.
+
+    The logged swap term averages over all timesteps and the noisiest dominate it; this reads each one apart.
+    """
+    world_args = world_args or {}
+    scenes = [scene_from_caption(caption) for caption, _ in
+              make_dataset(num_videos, seed=seed, two_shape_prob=0.0, **world_args)]
+    named = [replace(scene, shapes=[replace(scene.shapes[0], shape=next_shape(scene.shapes[0].shape))])
+             for scene in scenes]
+    # One seed per scene: both drawings follow the same path.
+    own, other = (encode(pipe, np.stack([render_video(scene, seed=index, **world_args)
+                                         for index, scene in enumerate(drawn)])) for drawn in (scenes, named))
+    where = (world.shape_positions(own) | world.shape_positions(other)).expand_as(own)
+    captions = [scene.caption() for scene in named]
+    embeds = embed(pipe, captions)
+    start = rms_at(own - other, where)
+    pipe.scheduler.set_timesteps(num_inference_steps)
+    generator = torch.Generator().manual_seed(seed + 2)
+    readings = {}
+    for index in starts:
+        t = int(pipe.scheduler.timesteps[index])
+        noise = torch.randn(own.shape, generator=generator)
+        estimate = predict_clean(pipe, own, embeds, t, noise)
+        scores = world.score_videos(decode(pipe, estimate), captions)
+        readings[t] = {"error": rms_at(estimate - other, where), "start": start, "redrawn": scores["shape_accuracy"],
+                       "redrawn_per_shape": {s: scores["per_shape"][s] for s in SHAPES if s in scores["per_shape"]}}
+    return readings
 
 
 def table(rows: list[dict]) -> str:
@@ -365,13 +411,21 @@ def main(argv=None):
     influence = shape_word_influence(pipe, args.videos, args.seed, world_args=world_args)
     print("shape word's influence on the one-step estimate (RMS change at the shape's positions when the caption "
           "names another shape): " + ", ".join(f"t={t} {value:.3f}" for t, value in influence.items()))
+    redraw = shape_redraw(pipe, args.videos, args.seed, world_args=world_args)
+    print("redrawn as the next shape (one-step estimate from the video's own noisy latents under the caption naming "
+          "the next shape; distance from that shape's latents, of the distance copying the input leaves; share read "
+          "as the named shape, by named shape " + " / ".join(SHAPES) + "):")
+    for t, r in redraw.items():
+        by_shape = " / ".join(f"{100 * r['redrawn_per_shape'][s]:.0f}%" if s in r["redrawn_per_shape"] else "-"
+                              for s in SHAPES)
+        print(f"  t={t}: {r['error']:.3f} of {r['start']:.3f}, redrawn {100 * r['redrawn']:.0f}% ({by_shape})")
     if args.picture:
         save_png(picture(pictures), args.picture)
     if args.output:
         atomic_write_json(args.output, {"model_path": str(args.model_path), "videos": args.videos,
                                         "world": world_args, "rows": rows,
                                         "shape_distances": distances, "shift_distances": shifts,
-                                        "shape_word_influence": influence})
+                                        "shape_word_influence": influence, "shape_redraw": redraw})
     return rows
 
 
