@@ -197,15 +197,17 @@ def shape_distances(pipe, num_videos: int = 48, seed: int = 777, world_args: dic
     # Each shape, and for scale the first shape in the palette's next colour.
     variants = {shape: (lambda spec, shape=shape: replace(spec, shape=shape)) for shape in SHAPES}
     variants["another colour"] = lambda spec: replace(spec, shape=SHAPES[0], color=next_color(spec.color))
-    latents = {}
-    for name, vary in variants.items():
-        # One seed per scene: every variant follows the same path.
-        videos = [render_video(replace(scene, shapes=[vary(scene.shapes[0])]), seed=index, **world_args)
-                  for index, scene in enumerate(scenes)]
-        latents[name] = encode(pipe, np.stack(videos))
+    latents = {name: encode_varied(pipe, scenes, vary, world_args) for name, vary in variants.items()}
     where = world.shape_positions(latents[SHAPES[0]]).expand_as(latents[SHAPES[0]])
     pairs = [(a, b) for i, a in enumerate(SHAPES) for b in SHAPES[i + 1:]] + [(SHAPES[0], "another colour")]
     return {f"{a} / {b}": rms_at(latents[a] - latents[b], where) for a, b in pairs}
+
+
+def encode_varied(pipe, scenes, vary, world_args: dict) -> torch.Tensor:
+    """Latents of single-shape ``scenes`` drawn with their shape changed by ``vary`` (a ``ShapeSpec`` -> ``ShapeSpec``
+    function). Scene ``i`` is drawn with seed ``i``, so every variant of a scene follows the same path."""
+    return encode(pipe, np.stack([render_video(replace(scene, shapes=[vary(scene.shapes[0])]), seed=index,
+                                               **world_args) for index, scene in enumerate(scenes)]))
 
 
 def next_color(color: str) -> str:
@@ -261,15 +263,20 @@ def shape_word_influence(pipe, num_videos: int = 48, seed: int = 777, starts=(29
     """
     captions, _, latents, where = ground_truth(pipe, num_videos, seed, world_args)
     own, other = embed(pipe, captions), embed(pipe, [swap_shape(c) for c in captions])
-    pipe.scheduler.set_timesteps(num_inference_steps)
-    generator = torch.Generator().manual_seed(seed + 1)
     influence = {}
-    for index in starts:
-        t = int(pipe.scheduler.timesteps[index])
-        noise = torch.randn(latents.shape, generator=generator)
+    for t, noise in noise_levels(pipe, starts, latents.shape, seed + 1, num_inference_steps):
         moved = predict_clean(pipe, latents, own, t, noise) - predict_clean(pipe, latents, other, t, noise)
         influence[t] = rms_at(moved, where)
     return influence
+
+
+def noise_levels(pipe, starts, shape, seed: int, num_inference_steps: int = world.NUM_INFERENCE_STEPS):
+    """``(timestep, noise)`` for each index in ``starts`` of the inference schedule, with a fresh Gaussian draw of
+    ``shape`` for each, from one generator seeded with ``seed``."""
+    pipe.scheduler.set_timesteps(num_inference_steps)
+    generator = torch.Generator().manual_seed(seed)
+    for index in starts:
+        yield int(pipe.scheduler.timesteps[index]), torch.randn(shape, generator=generator)
 
 
 def next_shape(shape: str) -> str:
@@ -295,21 +302,17 @@ def shape_redraw(pipe, num_videos: int = 48, seed: int = 777, starts=(29, 27, 24
     world_args = world_args or {}
     scenes = [scene_from_caption(caption) for caption, _ in
               make_dataset(num_videos, seed=seed, two_shape_prob=0.0, **world_args)]
-    named = [replace(scene, shapes=[replace(scene.shapes[0], shape=next_shape(scene.shapes[0].shape))])
-             for scene in scenes]
-    # One seed per scene: both drawings follow the same path.
-    own, other = (encode(pipe, np.stack([render_video(scene, seed=index, **world_args)
-                                         for index, scene in enumerate(drawn)])) for drawn in (scenes, named))
+    def renamed(spec):
+        return replace(spec, shape=next_shape(spec.shape))
+
+    own = encode_varied(pipe, scenes, lambda spec: spec, world_args)
+    other = encode_varied(pipe, scenes, renamed, world_args)
     where = (world.shape_positions(own) | world.shape_positions(other)).expand_as(own)
-    captions = [scene.caption() for scene in named]
+    captions = [replace(scene, shapes=[renamed(scene.shapes[0])]).caption() for scene in scenes]
     embeds = embed(pipe, captions)
     start = rms_at(own - other, where)
-    pipe.scheduler.set_timesteps(num_inference_steps)
-    generator = torch.Generator().manual_seed(seed + 2)
     readings = {}
-    for index in starts:
-        t = int(pipe.scheduler.timesteps[index])
-        noise = torch.randn(own.shape, generator=generator)
+    for t, noise in noise_levels(pipe, starts, own.shape, seed + 2, num_inference_steps):
         estimate = predict_clean(pipe, own, embeds, t, noise)
         scores = world.score_videos(decode(pipe, estimate), captions)
         readings[t] = {"error": rms_at(estimate - other, where), "start": start, "redrawn": scores["shape_accuracy"],
