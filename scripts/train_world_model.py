@@ -218,6 +218,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "caption was dropped skip it (without a caption the input is all there is to follow). On the world "
                          "model, 6000 steps at weight 8 raised shape accuracy from 37.5%% to 60.4%% and 12000 steps to 67.4%%, "
                          "with squares still at 31.2%% (docs/world_benchmark.md). 0 keeps the plain loss.")
+    tr.add_argument("--shape_swap_focus", type=float, default=0.0,
+                    help="Weights the --shape_swap_weight term by where the two shapes differ: each latent position "
+                         "counts 1 + this times |other video - own video| (mean over channels, divided by its mean over "
+                         "the video), so a circle asked to become a square pays mostly for the corners. A circle and a "
+                         "square are close in the world's latents (0.2 latent stds where a colour change is 0.95), so "
+                         "under a plain mean the corners are a small part of the term. 0 keeps the plain mean.")
+    tr.add_argument("--shape_swap_both", action="store_true",
+                    help="Half the --shape_swap_weight videos (every second one) are asked for the shape after next "
+                         "instead of the next (circle -> triangle, square -> circle, triangle -> square), so every "
+                         "shape is asked for from both others. Encodes the videos a third time (about 3 minutes on "
+                         "2 CPU threads, cached in --state_dir).")
     tr.add_argument("--shape_pair_videos", type=int, default=8,
                     help="How many videos of each batch (the first ones) get a --shape_pair_weight or "
                          "--shape_swap_weight partner.")
@@ -306,6 +317,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         if value < 0 or (value > 0 and not 1 <= count <= args.batch_size):
             raise UserError(f"--{weight} must be >= 0 and --{videos} between 1 and --batch_size ({args.batch_size}), "
                             f"got {value} and {count}")
+    if args.shape_swap_focus < 0:
+        raise UserError(f"--shape_swap_focus must be >= 0 (0: the plain mean), got {args.shape_swap_focus}")
+    if (args.shape_swap_focus > 0 or args.shape_swap_both) and args.shape_swap_weight <= 0:
+        raise UserError("--shape_swap_focus and --shape_swap_both shape the --shape_swap_weight term: "
+                        "pass --shape_swap_weight too")
     if args.vae_shape_code_steps > 0 and args.latent_channels < len(SHAPES):
         raise UserError(f"--vae_shape_code_steps names each shape with a latent channel: --latent_channels must be at "
                         f"least {len(SHAPES)}, got {args.latent_channels}")
@@ -492,12 +508,24 @@ def shape_pair_loss(prediction, target, pair_prediction, pair_target) -> torch.T
     return ((prediction - target) - (pair_prediction - pair_target)).pow(2).flatten(1).mean(1)
 
 
-def shape_swap_loss(scheduler, noisy, prediction, other_clean, timesteps) -> torch.Tensor:
+def shape_swap_loss(scheduler, noisy, prediction, other_clean, timesteps, weights=None) -> torch.Tensor:
     """Per-sample mean squared error between the clean-latent estimate that a v ``prediction`` implies for ``noisy``
     (noised latents of one video, predicted under the caption of another) and ``other_clean``, that other video's
-    clean latents. A model that follows its input instead of the caption pays the two videos' squared difference."""
-    estimate = world_model.clean_from_velocity(scheduler, noisy, prediction, timesteps)
-    return (estimate - other_clean).pow(2).flatten(1).mean(1)
+    clean latents. A model that follows its input instead of the caption pays the two videos' squared difference.
+    With ``weights`` (broadcastable to the latents, e.g. :func:`shape_difference_weights`) the mean is weighted."""
+    squared = (world_model.clean_from_velocity(scheduler, noisy, prediction, timesteps) - other_clean).pow(2)
+    if weights is None:
+        return squared.flatten(1).mean(1)
+    weights = weights.expand_as(squared)
+    return (squared * weights).flatten(1).sum(1) / weights.flatten(1).sum(1)
+
+
+def shape_difference_weights(own: torch.Tensor, other: torch.Tensor, focus: float) -> torch.Tensor:
+    """Loss weights ``[B, F, 1, H, W]`` for latents ``[B, F, C, H, W]`` of two versions of the same videos: 1 plus
+    ``focus`` times |other - own| (mean over channels) divided by its mean over each video, so the weights average
+    ``1 + focus`` per video and are largest where the two differ (a square's corners against a circle)."""
+    difference = (other - own).abs().mean(2, keepdim=True)
+    return 1.0 + focus * difference / difference.mean((1, 2, 3, 4), keepdim=True).clamp(min=1e-12)
 
 
 def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: float) -> torch.Tensor:
@@ -684,6 +712,22 @@ def encode_dataset(pipe, args, shape_shift: int = 0):
     return torch.cat(latents), caption_index, caption_embeds
 
 
+def shifted_dataset(pipe, args, cache: Path, shape_shift: int, count: int, scaling_factor: float, made_with: dict):
+    """``(latents, caption_index, caption_embeds)`` of the training videos drawn as other shapes (``shape_shift`` 1:
+    the next shape, 2: the one after), scaled like the training latents; cached in ``cache``, re-encoded when the
+    cache was made for other training latents (another count, VAE or geometry)."""
+    data = torch.load(cache, map_location="cpu", weights_only=True) if cache.is_file() else None
+    stale = data is None or len(data["latents"]) != count or data.get("scaling_factor") != scaling_factor
+    if stale or {key: data.get(key) for key in made_with} != made_with:
+        logger.info("encoding the same videos drawn as other shapes (shift %d, for the shape pair or swap loss)",
+                    shape_shift)
+        latents, caption_index, caption_embeds = encode_dataset(pipe, args, shape_shift=shape_shift)
+        data = {"latents": latents * scaling_factor, "caption_index": caption_index,
+                "caption_embeds": caption_embeds, "scaling_factor": scaling_factor, **made_with}
+        atomic_write(cache, lambda tmp: torch.save(data, tmp))
+    return data["latents"], data["caption_index"], data["caption_embeds"]
+
+
 def partial_captions(captions: list[str], dropout: float, seed: int) -> list[str]:
     """Each caption with its colour, shape and direction words each left out with probability ``dropout``
     (the same attribute for every shape of the caption), deterministically from ``seed``."""
@@ -705,14 +749,15 @@ def update_ema(ema, model, decay: float) -> None:
 
 def train_transformer(
     transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=None, state_file=None,
-    rotary=None, vae=None, pairs=None,
+    rotary=None, vae=None, pairs=None, far_pairs=None,
 ):
     """v-prediction training on precomputed latents; returns the weights to save (EMA if enabled).
 
     ``rotary`` is the pipeline's rotary position embedding for the latents' size (None for sincos models).
     ``vae`` decodes for ``--pixel_loss_weight`` (frozen here; needed only when the weight is positive).
     ``pairs`` is ``(latents, caption_index, caption_embeds)`` of the same videos drawn as the next shape, for
-    ``--shape_pair_weight`` and ``--shape_swap_weight`` (item i partners item i; needed only when a weight is positive).
+    ``--shape_pair_weight`` and ``--shape_swap_weight`` (item i partners item i; needed only when a weight is positive);
+    ``far_pairs`` the same drawn as the shape after next, for ``--shape_swap_both``.
     ``on_eval(step, model)`` is called every ``--eval_every`` steps with the weights that would be saved.
     With ``state_file``, everything needed to continue (weights, average, optimizer, random state, step) is
     saved there every ``--checkpoint_every`` steps, and loaded first when it exists (``--resume``): a resumed
@@ -727,6 +772,8 @@ def train_transformer(
     if (args.shape_pair_weight > 0 or args.shape_swap_weight > 0) and pairs is None:
         raise ValueError("--shape_pair_weight and --shape_swap_weight need the videos drawn as other shapes: "
                          "pass pairs=")
+    if args.shape_swap_both and far_pairs is None:
+        raise ValueError("--shape_swap_both needs the videos drawn as the shape after next: pass far_pairs=")
     generator = torch.Generator().manual_seed(args.seed + 300)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ema = copy.deepcopy(transformer).requires_grad_(False) if args.ema_decay > 0 else None
@@ -782,8 +829,14 @@ def train_transformer(
         inputs, input_text, input_steps = noisy, text, timesteps
         swap = args.shape_pair_videos if args.shape_swap_weight > 0 else 0
         if swap:
-            # The batch's first noisy latents again, under the caption of the video drawn as the next shape.
-            swap_text = pairs[2][pairs[1][index[:swap]]].to(args.device)
+            # The batch's first noisy latents again, under the caption of the video drawn as the next shape (with
+            # --shape_swap_both, every second one as the shape after next).
+            swap_clean, swap_text = pairs[0][index[:swap]], pairs[2][pairs[1][index[:swap]]]
+            if args.shape_swap_both:
+                far = torch.arange(swap) % 2 == 1
+                swap_clean = torch.where(far.view(-1, 1, 1, 1, 1), far_pairs[0][index[:swap]], swap_clean)
+                swap_text = torch.where(far.view(-1, 1, 1), far_pairs[2][far_pairs[1][index[:swap]]], swap_text)
+            swap_clean, swap_text = swap_clean.to(args.device), swap_text.to(args.device)
             inputs = torch.cat([noisy, noisy[:swap]])
             input_text = torch.cat([text, swap_text])
             input_steps = torch.cat([timesteps, timesteps[:swap]])
@@ -806,8 +859,10 @@ def train_transformer(
             paired = shape_pair_loss(prediction[:count], target[:count], prediction[-count:], target[-count:])
             loss = loss + args.shape_pair_weight * paired.mean()
         if swap:
-            swapped = shape_swap_loss(scheduler, noisy[:swap], swap_prediction,
-                                      pairs[0][index[:swap]].to(args.device), timesteps[:swap])
+            focus = None
+            if args.shape_swap_focus > 0:
+                focus = shape_difference_weights(clean[:swap], swap_clean, args.shape_swap_focus)
+            swapped = shape_swap_loss(scheduler, noisy[:swap], swap_prediction, swap_clean, timesteps[:swap], focus)
             captioned = (~dropped[:swap]).to(swapped)
             loss = loss + args.shape_swap_weight * (swapped * captioned).sum() / captioned.sum().clamp(min=1)
         if args.pixel_loss_weight > 0:
@@ -1073,20 +1128,12 @@ def main(argv=None) -> dict:
     vae.register_to_config(scaling_factor=scaling_factor)
     pipe.vae_scaling_factor_image = scaling_factor
     empty_embed = world_model.embed_prompts(pipe, [""], args.text_len)
-    pairs = None
+    pairs = far_pairs = None
     if args.shape_pair_weight > 0 or args.shape_swap_weight > 0:
-        pair_cache = state_dir / "shape_pairs.pt"
-        pair_data = torch.load(pair_cache, map_location="cpu", weights_only=True) if pair_cache.is_file() else None
-        # Stale if made for other training latents (another count, VAE or geometry).
-        stale = pair_data is None or len(pair_data["latents"]) != len(latents) or \
-            pair_data.get("scaling_factor") != scaling_factor
-        if stale or {key: pair_data.get(key) for key in made_with} != made_with:
-            logger.info("encoding the same videos drawn as the next shape (for the shape pair or swap loss)")
-            pair_latents, pair_index, pair_embeds = encode_dataset(pipe, args, shape_shift=1)
-            pair_data = {"latents": pair_latents * scaling_factor, "caption_index": pair_index,
-                         "caption_embeds": pair_embeds, "scaling_factor": scaling_factor, **made_with}
-            atomic_write(pair_cache, lambda tmp: torch.save(pair_data, tmp))
-        pairs = (pair_data["latents"], pair_data["caption_index"], pair_data["caption_embeds"])
+        pairs = shifted_dataset(pipe, args, state_dir / "shape_pairs.pt", 1, len(latents), scaling_factor, made_with)
+    if args.shape_swap_both:
+        far_pairs = shifted_dataset(pipe, args, state_dir / "shape_pairs_2.pt", 2, len(latents), scaling_factor,
+                                    made_with)
     timings["encoding_s"] = time.perf_counter() - stage
     logger.info("encoded %d videos (%d distinct captions); latents %s, scaling factor %.4f", len(latents),
                 len(caption_embeds), tuple(latents.shape[1:]), scaling_factor)
@@ -1107,7 +1154,7 @@ def main(argv=None) -> dict:
     rotary = world_model.rotary_embedding(pipe, latents.shape, args.device)  # None with sincos positions
     trained, transformer_stats = train_transformer(
         transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval,
-        state_file=state_dir / "transformer_state.pt", rotary=rotary, vae=vae, pairs=pairs,
+        state_file=state_dir / "transformer_state.pt", rotary=rotary, vae=vae, pairs=pairs, far_pairs=far_pairs,
     )
     pipe.register_modules(transformer=trained)
     timings["transformer_training_s"] = time.perf_counter() - stage

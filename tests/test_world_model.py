@@ -616,6 +616,67 @@ def test_the_shape_swap_loss_asks_for_the_other_video_from_this_ones_noisy_laten
             script.parse_args(bad)
 
 
+def test_the_shape_difference_weights_are_largest_where_the_two_videos_differ():
+    script = load_script()
+    own = torch.zeros(2, 3, 4, 5, 5)
+    other = own.clone()
+    other[0, 1, :, 2, 3] = 2.0  # video 0 differs at one position, by 2 on every channel
+    other[1, :, 0] = 1.0  # video 1 differs everywhere, by 1 on channel 0 only
+    weights = script.shape_difference_weights(own, other, focus=4.0)
+    assert weights.shape == (2, 3, 1, 5, 5)
+    # Video 0: |difference| is 2 at one of 75 positions, so its mean is 2/75 and the weight there 1 + 4 * 75.
+    assert weights[0, 1, 0, 2, 3].item() == pytest.approx(1 + 4 * 75)
+    assert (weights[0] == 1).sum().item() == 74  # and 1 where the videos agree
+    assert weights[1].unique().tolist() == [5.0]  # the same difference everywhere: 1 + focus
+    torch.testing.assert_close(weights.mean((1, 2, 3, 4)), torch.full((2,), 5.0))
+
+
+def test_the_focused_shape_swap_loss_is_the_weighted_mean_of_the_squared_error():
+    script = load_script()
+    scheduler = script.build_scheduler(script.parse_args([]))
+    generator = torch.Generator().manual_seed(3)
+    clean, other, noise = (torch.randn(2, 2, 4, 3, 3, generator=generator) for _ in range(3))
+    timesteps = torch.tensor([40, 700])
+    alpha = scheduler.alphas_cumprod[timesteps].sqrt().float().view(-1, 1, 1, 1, 1)
+    sigma = (1 - scheduler.alphas_cumprod[timesteps]).sqrt().float().view(-1, 1, 1, 1, 1)
+    noisy = alpha * clean + sigma * noise
+    follows_input = alpha * noise - sigma * clean  # its clean estimate is ``clean``
+    weights = torch.rand(2, 2, 1, 3, 3, generator=generator) + 0.5
+    loss = script.shape_swap_loss(scheduler, noisy, follows_input, other, timesteps, weights)
+    squared = (clean - other).pow(2)  # [B, F, C, H, W]; the weights are shared by the 4 channels
+    expected = torch.stack([(squared[b] * weights[b]).sum() / (4 * weights[b].sum()) for b in range(2)])
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    # Weights of 1 give the plain mean.
+    torch.testing.assert_close(script.shape_swap_loss(scheduler, noisy, follows_input, other, timesteps,
+                                                      torch.ones_like(weights)),
+                               script.shape_swap_loss(scheduler, noisy, follows_input, other, timesteps))
+
+
+def test_the_swap_focus_and_both_directions_change_the_swap_term_only(tmp_path):
+    script = load_script()
+    args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state"), "--shape_swap_weight", "5",
+                        "--shape_pair_videos", "2", "--transformer_steps", "1", "--caption_dropout", "0"]
+    losses = {}
+    for name, extra in (("plain", []), ("focus", ["--shape_swap_focus", "4"]), ("both", ["--shape_swap_both"])):
+        script.main(args + ["--output_dir", str(tmp_path / name), "--resume"] + extra)
+        losses[name] = json.loads((tmp_path / name / "training_summary.json").read_text())["transformer"]
+    # One step from the same weights, videos and noise: the v loss is the same, the swap term is not.
+    assert losses["focus"]["final_v_loss"] == losses["both"]["final_v_loss"] == losses["plain"]["final_v_loss"]
+    assert len({losses[name]["final_loss"] for name in losses}) == 3
+    # --shape_swap_both encodes the videos a third time, as the shape after next: other latents, other captions.
+    plain = torch.load(tmp_path / "state" / "latents.pt", weights_only=True)
+    near = torch.load(tmp_path / "state" / "shape_pairs.pt", weights_only=True)
+    far = torch.load(tmp_path / "state" / "shape_pairs_2.pt", weights_only=True)
+    assert far["latents"].shape == plain["latents"].shape
+    assert not torch.allclose(far["latents"], near["latents"]) and not torch.allclose(far["latents"], plain["latents"])
+    assert not torch.equal(far["caption_embeds"], near["caption_embeds"])
+
+    for bad in (["--shape_swap_focus", "-1", "--shape_swap_weight", "1"], ["--shape_swap_focus", "2"],
+                ["--shape_swap_both"]):
+        with pytest.raises(UserError, match="--shape_swap_focus"):
+            script.parse_args(bad)
+
+
 def test_the_shape_code_labels_latent_pixels_by_the_shape_that_covers_them():
     from receler.world.scenes import BACKGROUNDS, COLORS
 
