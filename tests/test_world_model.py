@@ -871,7 +871,10 @@ def test_the_probes_one_step_estimate_inverts_the_velocity_and_matches_the_sched
 
 
 def test_swap_shape_names_the_next_shape_and_nothing_else():
-    from receler.world.probe import swap_shape
+    from receler.world.probe import next_shape, swap_shape
+
+    assert [next_shape(s) for s in ("circle", "square", "triangle")] == ["square", "triangle", "circle"]
+    assert [next_shape(s, 2) for s in ("circle", "square", "triangle")] == ["triangle", "circle", "square"]
 
     assert swap_shape("a red circle moving left on a gray background") == "a red square moving left on a gray background"
     assert swap_shape("a blue triangle moving up on a black background") == "a blue circle moving up on a black background"
@@ -912,6 +915,10 @@ def test_a_transformer_that_copies_its_input_redraws_nothing(bundled_pipe, monke
     assert copied["error"] == pytest.approx(copied["start"])
     assert copied["start"] == pytest.approx(heard[32]["start"])
     assert copied["redrawn"] <= 1 / 3  # the bundled VAE keeps most shapes, so most read as their own
+    # Asked for the shape after next, the start is the distance to that shape: another pair of videos.
+    far = probe.shape_redraw(bundled_pipe, num_videos=6, starts=(29,), ahead=2)[32]
+    assert far["error"] == pytest.approx(far["start"]) and far["start"] != pytest.approx(copied["start"])
+    assert far["redrawn"] <= 1 / 3
 
 
 @requires_bundled_model
@@ -938,6 +945,7 @@ def test_the_probe_reports_every_stage_and_the_classifier_reads_the_truth(tmp_pa
     assert written["world"] == {"position_grid": 1, "shape_size": None}  # the bundled model's: the plain world
     assert set(written["shape_word_influence"]) == {str(int(schedule.timesteps[i])) for i in (29, 27, 24, 18, 12, 6)}
     assert set(written["shape_redraw"]) == {str(int(schedule.timesteps[i])) for i in (29, 27, 24, 18, 12)}
+    assert set(written["shape_redraw_after_next"]) == set(written["shape_redraw"])
 
     # A circle and a square differ in their corners (1 - pi/4 = 21% of the box), a triangle from either in at
     # least 29% of it, so the circle / square pair is the closest in any code that keeps the shapes.

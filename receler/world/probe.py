@@ -30,7 +30,7 @@ level: a model that draws the shape it is told moves it by about the distance be
 the latents move when the shape moves by a pixel or two (:func:`shift_distances`): where that is as large as the
 distance between shapes, misplacing a shape by that much costs as much as drawing the wrong one. And whether it
 redraws a video as the shape its caption names, from the video's own noisy latents (:func:`shape_redraw`), at
-each noise level and for each named shape.
+each noise level and for each named shape, asked both for the next shape and for the one after.
 """
 
 from __future__ import annotations
@@ -279,21 +279,23 @@ def noise_levels(pipe, starts, shape, seed: int, num_inference_steps: int = worl
         yield int(pipe.scheduler.timesteps[index]), torch.randn(shape, generator=generator)
 
 
-def next_shape(shape: str) -> str:
-    """The shape after ``shape`` (circle -> square -> triangle -> circle), as :func:`swap_shape` names it."""
-    return SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)]
+def next_shape(shape: str, ahead: int = 1) -> str:
+    """The shape ``ahead`` places after ``shape`` in circle -> square -> triangle -> circle (1: as :func:`swap_shape`
+    names it; 2: the shape after next)."""
+    return SHAPES[(SHAPES.index(shape) + ahead) % len(SHAPES)]
 
 
 @torch.no_grad()
 def shape_redraw(pipe, num_videos: int = 48, seed: int = 777, starts=(29, 27, 24, 18, 12),
                  num_inference_steps: int = world.NUM_INFERENCE_STEPS,
-                 world_args: dict | None = None) -> dict[int, dict]:
+                 world_args: dict | None = None, ahead: int = 1) -> dict[int, dict]:
     """Can the transformer redraw a video as the shape its caption names (what ``--shape_swap_weight`` trains)?
 
-    Each scene is drawn as its own shape and as the next one (same colour, path and background). For each timestep
-    (indices into the schedule) the own video's latents are noised to it and the transformer's one-step clean
-    estimate is taken under the caption naming the next shape. Returns, per timestep: ``error``, the RMS distance
-    of that estimate from the next shape's latents where either shape is (latent stds); ``start``, the same
+    Each scene is drawn as its own shape and as the shape ``ahead`` places after it (:func:`next_shape`; same
+    colour, path and background). For each timestep (indices into the schedule) the own video's latents are noised
+    to it and the transformer's one-step clean estimate is taken under the caption naming that other shape.
+    Returns, per timestep: ``error``, the RMS distance
+    of that estimate from the other shape's latents where either shape is (latent stds); ``start``, the same
     distance for the own latents (what copying the input would score); ``redrawn``, the share of decoded
     estimates the classifier reads as the named shape, and ``redrawn_per_shape``, split by the named shape.
 
@@ -303,7 +305,7 @@ def shape_redraw(pipe, num_videos: int = 48, seed: int = 777, starts=(29, 27, 24
     scenes = [scene_from_caption(caption) for caption, _ in
               make_dataset(num_videos, seed=seed, two_shape_prob=0.0, **world_args)]
     def renamed(spec):
-        return replace(spec, shape=next_shape(spec.shape))
+        return replace(spec, shape=next_shape(spec.shape, ahead))
 
     own = encode_varied(pipe, scenes, lambda spec: spec, world_args)
     other = encode_varied(pipe, scenes, renamed, world_args)
@@ -414,21 +416,24 @@ def main(argv=None):
     influence = shape_word_influence(pipe, args.videos, args.seed, world_args=world_args)
     print("shape word's influence on the one-step estimate (RMS change at the shape's positions when the caption "
           "names another shape): " + ", ".join(f"t={t} {value:.3f}" for t, value in influence.items()))
-    redraw = shape_redraw(pipe, args.videos, args.seed, world_args=world_args)
-    print("redrawn as the next shape (one-step estimate from the video's own noisy latents under the caption naming "
-          "the next shape; distance from that shape's latents, of the distance copying the input leaves; share read "
-          "as the named shape, by named shape " + " / ".join(SHAPES) + "):")
-    for t, r in redraw.items():
-        by_shape = " / ".join(f"{100 * r['redrawn_per_shape'][s]:.0f}%" if s in r["redrawn_per_shape"] else "-"
-                              for s in SHAPES)
-        print(f"  t={t}: {r['error']:.3f} of {r['start']:.3f}, redrawn {100 * r['redrawn']:.0f}% ({by_shape})")
+    redraws = {}
+    for ahead, name in ((1, "the next shape"), (2, "the shape after next")):
+        redraws[ahead] = shape_redraw(pipe, args.videos, args.seed, world_args=world_args, ahead=ahead)
+        print(f"redrawn as {name} (one-step estimate from the video's own noisy latents under the caption naming "
+              "it; distance from that shape's latents, of the distance copying the input leaves; share read as the "
+              "named shape, by named shape " + " / ".join(SHAPES) + "):")
+        for t, r in redraws[ahead].items():
+            by_shape = " / ".join(f"{100 * r['redrawn_per_shape'][s]:.0f}%" if s in r["redrawn_per_shape"] else "-"
+                                  for s in SHAPES)
+            print(f"  t={t}: {r['error']:.3f} of {r['start']:.3f}, redrawn {100 * r['redrawn']:.0f}% ({by_shape})")
     if args.picture:
         save_png(picture(pictures), args.picture)
     if args.output:
         atomic_write_json(args.output, {"model_path": str(args.model_path), "videos": args.videos,
                                         "world": world_args, "rows": rows,
                                         "shape_distances": distances, "shift_distances": shifts,
-                                        "shape_word_influence": influence, "shape_redraw": redraw})
+                                        "shape_word_influence": influence, "shape_redraw": redraws[1],
+                                        "shape_redraw_after_next": redraws[2]})
     return rows
 
 
