@@ -223,15 +223,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "counts 1 + this times |other video - own video| (mean over channels, divided by its mean over "
                          "the video), so a circle asked to become a square pays mostly for the corners. A circle and a "
                          "square are close in the world's latents (0.2 latent stds where a colour change is 0.95), so "
-                         "under a plain mean the corners are a small part of the term. On the world model, 6000 more steps at focus 4 "
-                         "raised shape accuracy from 67.4%% to 78.5%% (squares 31.2%% -> 54.2%%; docs/world_benchmark.md). "
-                         "0 keeps the plain mean.")
+                         "under a plain mean the corners are a small part of the term. On the world model, 6000 more "
+                         "steps at focus 4 raised shape accuracy from 67.4%% to 78.5%% (squares 31.2%% -> 54.2%%; "
+                         "docs/world_benchmark.md). 0 keeps the plain mean.")
     tr.add_argument("--shape_swap_both", action="store_true",
                     help="Half the --shape_swap_weight videos (every second one) are asked for the shape after next "
                          "instead of the next (circle -> triangle, square -> circle, triangle -> square), so every "
                          "shape is asked for from both others. Encodes the videos a third time (about 3 minutes on "
-                         "2 CPU threads, cached in --state_dir). On the world model, 6000 more steps reached 75.7%% shape accuracy "
-                         "(squares 39.6%%, triangles 87.5%%).")
+                         "2 CPU threads, cached in --state_dir). On the world model, 6000 more steps reached 75.7%% "
+                         "shape accuracy (squares 39.6%%, triangles 87.5%%).")
     tr.add_argument("--shape_pair_videos", type=int, default=8,
                     help="How many videos of each batch (the first ones) get a --shape_pair_weight or "
                          "--shape_swap_weight partner.")
