@@ -696,7 +696,8 @@ def encode_dataset(pipe, args, shape_shift: int = 0):
     encoded once with the pipeline's own ``encode_prompt`` (the exact inference path). With
     ``--attribute_dropout`` some captions leave an attribute unsaid (see :func:`partial_captions`; a shifted
     dataset leaves out the same attributes of the same videos). ``shape_shift`` 1: the same videos drawn as the
-    next shape, for ``--shape_pair_weight``.
+    next shape, for ``--shape_pair_weight`` and ``--shape_swap_weight``; 2: as the shape after next, for
+    ``--shape_swap_both``.
     """
     from tqdm.auto import tqdm
 
@@ -715,10 +716,13 @@ def encode_dataset(pipe, args, shape_shift: int = 0):
     return torch.cat(latents), caption_index, caption_embeds
 
 
-def shifted_dataset(pipe, args, cache: Path, shape_shift: int, count: int, scaling_factor: float, made_with: dict):
+def shifted_dataset(pipe, args, state_dir: Path, shape_shift: int, count: int, scaling_factor: float,
+                    made_with: dict):
     """``(latents, caption_index, caption_embeds)`` of the training videos drawn as other shapes (``shape_shift`` 1:
-    the next shape, 2: the one after), scaled like the training latents; cached in ``cache``, re-encoded when the
-    cache was made for other training latents (another count, VAE or geometry)."""
+    the next shape, 2: the one after), scaled like the training latents; cached in ``state_dir`` (``shape_pairs.pt``,
+    ``shape_pairs_2.pt``), re-encoded when the cache was made for other training latents (another count, VAE or
+    geometry)."""
+    cache = state_dir / ("shape_pairs.pt" if shape_shift == 1 else f"shape_pairs_{shape_shift}.pt")
     data = torch.load(cache, map_location="cpu", weights_only=True) if cache.is_file() else None
     stale = data is None or len(data["latents"]) != count or data.get("scaling_factor") != scaling_factor
     if stale or {key: data.get(key) for key in made_with} != made_with:
@@ -1133,10 +1137,9 @@ def main(argv=None) -> dict:
     empty_embed = world_model.embed_prompts(pipe, [""], args.text_len)
     pairs = far_pairs = None
     if args.shape_pair_weight > 0 or args.shape_swap_weight > 0:
-        pairs = shifted_dataset(pipe, args, state_dir / "shape_pairs.pt", 1, len(latents), scaling_factor, made_with)
+        pairs = shifted_dataset(pipe, args, state_dir, 1, len(latents), scaling_factor, made_with)
     if args.shape_swap_both:
-        far_pairs = shifted_dataset(pipe, args, state_dir / "shape_pairs_2.pt", 2, len(latents), scaling_factor,
-                                    made_with)
+        far_pairs = shifted_dataset(pipe, args, state_dir, 2, len(latents), scaling_factor, made_with)
     timings["encoding_s"] = time.perf_counter() - stage
     logger.info("encoded %d videos (%d distinct captions); latents %s, scaling factor %.4f", len(latents),
                 len(caption_embeds), tuple(latents.shape[1:]), scaling_factor)
