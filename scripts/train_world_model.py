@@ -232,6 +232,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "shape is asked for from both others. Encodes the videos a third time (about 3 minutes on "
                          "2 CPU threads, cached in --state_dir). On the world model, 6000 more steps reached 75.7%% "
                          "shape accuracy (squares 39.6%%, triangles 87.5%%).")
+    tr.add_argument("--shape_v_focus", type=float, default=0.0,
+                    help="Weights the plain v loss of the --shape_swap_weight videos (the first --shape_pair_videos of "
+                         "each batch) the same way --shape_swap_focus weights the swap term: each latent position counts "
+                         "1 + this times where the video and its other-shape version differ, so a square that the "
+                         "transformer rounds off while denoising its own latents pays for the corners at every noise "
+                         "level (the swap term asks for a shape from another one; this asks to keep it). The batch's "
+                         "weights are divided by their mean, so the loss keeps its scale. 0 keeps the plain loss.")
     tr.add_argument("--shape_pair_videos", type=int, default=8,
                     help="How many videos of each batch (the first ones) get a --shape_pair_weight or "
                          "--shape_swap_weight partner.")
@@ -322,9 +329,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                             f"got {value} and {count}")
     if args.shape_swap_focus < 0:
         raise UserError(f"--shape_swap_focus must be >= 0 (0: the plain mean), got {args.shape_swap_focus}")
-    if (args.shape_swap_focus > 0 or args.shape_swap_both) and args.shape_swap_weight <= 0:
-        raise UserError("--shape_swap_focus and --shape_swap_both shape the --shape_swap_weight term: "
-                        "pass --shape_swap_weight too")
+    if args.shape_v_focus < 0:
+        raise UserError(f"--shape_v_focus must be >= 0 (0: the plain loss), got {args.shape_v_focus}")
+    if (args.shape_swap_focus > 0 or args.shape_swap_both or args.shape_v_focus > 0) and args.shape_swap_weight <= 0:
+        raise UserError("--shape_swap_focus, --shape_swap_both and --shape_v_focus shape the --shape_swap_weight "
+                        "term and its videos: pass --shape_swap_weight too")
     if args.vae_shape_code_steps > 0 and args.latent_channels < len(SHAPES):
         raise UserError(f"--vae_shape_code_steps names each shape with a latent channel: --latent_channels must be at "
                         f"least {len(SHAPES)}, got {args.latent_channels}")
@@ -529,6 +538,15 @@ def shape_difference_weights(own: torch.Tensor, other: torch.Tensor, focus: floa
     ``1 + focus`` per video and are largest where the two differ (a square's corners against a circle)."""
     difference = (other - own).abs().mean(2, keepdim=True)
     return 1.0 + focus * difference / difference.mean((1, 2, 3, 4), keepdim=True).clamp(min=1e-12)
+
+
+def shape_v_weights(clean: torch.Tensor, swap_clean: torch.Tensor, focus: float) -> torch.Tensor:
+    """Weights ``[B, F, 1, H, W]`` of the plain v loss for a batch ``clean`` whose first ``len(swap_clean)`` videos
+    have other-shape versions ``swap_clean``: :func:`shape_difference_weights` on those, 1 on the rest, divided by
+    the mean over the batch."""
+    weights = torch.ones_like(clean[:, :, :1])
+    weights[: len(swap_clean)] = shape_difference_weights(clean[: len(swap_clean)], swap_clean, focus)
+    return weights / weights.mean()
 
 
 def latent_foreground_weights(latents: torch.Tensor, extra: float, threshold: float) -> torch.Tensor:
@@ -853,11 +871,12 @@ def train_transformer(
         )[0]
         if swap:
             prediction, swap_prediction = prediction[:-swap], prediction[-swap:]
+        squared = (prediction - target) ** 2
         if args.latent_foreground_weight > 0:
             weights = latent_foreground_weights(clean, args.latent_foreground_weight, args.latent_foreground_threshold)
-            squared = (prediction - target) ** 2 * weights / weights.mean()  # the same weights on every channel
-        else:
-            squared = (prediction - target) ** 2
+            squared = squared * weights / weights.mean()  # the same weights on every channel
+        if args.shape_v_focus > 0:
+            squared = squared * shape_v_weights(clean, swap_clean, args.shape_v_focus)
         if args.min_snr_gamma > 0:
             squared = squared * min_snr_weights(scheduler, timesteps, args.min_snr_gamma).view(-1, 1, 1, 1, 1)
         loss = squared.mean()

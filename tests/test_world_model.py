@@ -672,9 +672,43 @@ def test_the_swap_focus_and_both_directions_change_the_swap_term_only(tmp_path):
     assert not torch.equal(far["caption_embeds"], near["caption_embeds"])
 
     for bad in (["--shape_swap_focus", "-1", "--shape_swap_weight", "1"], ["--shape_swap_focus", "2"],
-                ["--shape_swap_both"]):
+                ["--shape_swap_both"], ["--shape_v_focus", "2"]):
         with pytest.raises(UserError, match="--shape_swap_focus"):
             script.parse_args(bad)
+    with pytest.raises(UserError, match="--shape_v_focus must be >= 0"):
+        script.parse_args(["--shape_v_focus", "-1", "--shape_swap_weight", "1"])
+
+
+def test_the_v_focus_weights_the_swapped_videos_where_their_shapes_differ_and_keeps_the_scale():
+    script = load_script()
+    clean = torch.zeros(4, 3, 2, 5, 5)
+    swap_clean = torch.zeros(2, 3, 2, 5, 5)
+    swap_clean[0, 1, :, 2, 3] = 1.0  # video 0 differs from its other-shape version at one of 75 positions
+    swap_clean[1] = 0.5  # video 1 differs everywhere by the same amount
+    weights = script.shape_v_weights(clean, swap_clean, 4.0)
+    assert weights.shape == (4, 3, 1, 5, 5)
+    # Before dividing by the mean: video 0 is 1 + 4*75 at the differing position and 1 elsewhere, video 1 is
+    # 1 + 4 = 5 everywhere, videos 2 and 3 (no partner) are 1. Mean over the batch: (75*5 + 75*5 + 150) / 300 = 3.
+    assert weights[0, 1, 0, 2, 3].item() == pytest.approx(301 / 3)
+    assert weights[0, 0, 0, 0, 0].item() == pytest.approx(1 / 3)
+    assert torch.allclose(weights[1], torch.full_like(weights[1], 5 / 3))
+    assert torch.allclose(weights[2:], torch.full_like(weights[2:], 1 / 3))
+    assert weights.mean().item() == pytest.approx(1.0)
+
+
+def test_the_v_focus_changes_the_v_loss_and_not_the_swap_term(tmp_path):
+    script = load_script()
+    args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state"), "--shape_swap_weight", "5",
+                        "--shape_pair_videos", "2", "--transformer_steps", "1", "--caption_dropout", "0", "--resume"]
+    losses = {}
+    for name, extra in (("plain", []), ("again", []), ("v_focus", ["--shape_v_focus", "4"])):
+        script.main(args + ["--output_dir", str(tmp_path / name)] + extra)
+        losses[name] = json.loads((tmp_path / name / "training_summary.json").read_text())["transformer"]
+    assert losses["again"]["final_v_loss"] == losses["plain"]["final_v_loss"]  # the run is deterministic
+    assert losses["v_focus"]["final_v_loss"] != losses["plain"]["final_v_loss"]
+    # One step from the same weights, videos and noise: the same predictions, so the swap term is unchanged.
+    swap_term = {name: losses[name]["final_loss"] - losses[name]["final_v_loss"] for name in losses}
+    assert swap_term["v_focus"] == pytest.approx(swap_term["plain"], rel=1e-5)
 
 
 def test_the_shape_code_labels_latent_pixels_by_the_shape_that_covers_them():
