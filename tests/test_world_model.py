@@ -711,6 +711,31 @@ def test_the_v_focus_changes_the_v_loss_and_not_the_swap_term(tmp_path):
     assert swap_term["v_focus"] == pytest.approx(swap_term["plain"], rel=1e-5)
 
 
+def test_the_later_frame_weight_weighs_later_latent_frames_and_keeps_the_scale():
+    script = load_script()
+    # Three latent frames, later weight 4: 1, 4, 4 before dividing by their mean 3.
+    weights = script.latent_frame_weights(3, 4.0)
+    assert weights.shape == (1, 3, 1, 1, 1)
+    assert weights.flatten().tolist() == pytest.approx([1 / 3, 4 / 3, 4 / 3])
+    assert script.latent_frame_weights(5, 1.0).flatten().tolist() == pytest.approx([1.0] * 5)
+    with pytest.raises(UserError, match="--later_frame_weight must be > 0"):
+        script.parse_args(["--later_frame_weight", "0"])
+
+
+def test_the_later_frame_weight_changes_the_v_loss_and_the_swap_term(tmp_path):
+    script = load_script()
+    args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state"), "--shape_swap_weight", "5",
+                        "--shape_pair_videos", "2", "--transformer_steps", "1", "--caption_dropout", "0", "--resume"]
+    losses = {}
+    for name, extra in (("plain", []), ("one", ["--later_frame_weight", "1"]), ("later", ["--later_frame_weight", "4"])):
+        script.main(args + ["--output_dir", str(tmp_path / name)] + extra)
+        losses[name] = json.loads((tmp_path / name / "training_summary.json").read_text())["transformer"]
+    assert losses["one"] == losses["plain"]  # weight 1 is the plain mean
+    assert losses["later"]["final_v_loss"] != losses["plain"]["final_v_loss"]
+    swap_term = {name: losses[name]["final_loss"] - losses[name]["final_v_loss"] for name in losses}
+    assert swap_term["later"] != pytest.approx(swap_term["plain"], rel=1e-5)
+
+
 def test_the_shape_code_labels_latent_pixels_by_the_shape_that_covers_them():
     from receler.world.scenes import BACKGROUNDS, COLORS
 
