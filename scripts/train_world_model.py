@@ -248,7 +248,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "keeps its scale). The VAE packs the first pixel frame alone into the first latent frame and "
                          "four pixel frames into each later one, so with 9 frames the later latent frames hold 8 of 9 "
                          "frames the classifier reads but, under a plain mean, two thirds of the loss; 4 weighs every "
-                         "pixel frame alike. 1 keeps the plain mean.")
+                         "pixel frame alike. On the world model, 6000 steps with every swap lever reached 84.7%% shape "
+                         "accuracy with 4 and 82.6%% without (3 of 144 prompts; docs/world_benchmark.md). 1 keeps the "
+                         "plain mean.")
     tr.add_argument("--shape_pair_videos", type=int, default=8,
                     help="How many videos of each batch (the first ones) get a --shape_pair_weight or "
                          "--shape_swap_weight partner.")
