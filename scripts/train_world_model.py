@@ -793,9 +793,26 @@ def update_ema(ema, model, decay: float) -> None:
             ema_param.lerp_(param, 1.0 - decay)
 
 
+def check_same_latents(trained_on, now, state_file) -> None:
+    """Refuse to continue a transformer state on latents other than its own. The latents are re-encoded when their
+    cache is missing (a state carried to another machine without it): equal up to float rounding, so the scaling
+    factor is compared with a tolerance. States from before this record are not checked."""
+    if trained_on is None or now is None:
+        return
+    other = {key: (trained_on.get(key), now[key]) for key in now if key != "scaling_factor"
+             and trained_on.get(key) != now[key]}
+    old_scale, new_scale = trained_on.get("scaling_factor"), now.get("scaling_factor")
+    if old_scale is not None and new_scale is not None and abs(old_scale - new_scale) > 1e-4 * abs(old_scale):
+        other["scaling_factor"] = (old_scale, new_scale)
+    if other:
+        changes = ", ".join(f"{key} {was} -> {is_}" for key, (was, is_) in other.items())
+        raise UserError(f"{state_file} was trained on other latents ({changes}): resume with the VAE stage and "
+                        f"world flags it was trained with, or a new --state_dir to start over")
+
+
 def train_transformer(
     transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=None, state_file=None,
-    rotary=None, vae=None, pairs=None, far_pairs=None,
+    rotary=None, vae=None, pairs=None, far_pairs=None, latents_made_with=None,
 ):
     """v-prediction training on precomputed latents; returns the weights to save (EMA if enabled).
 
@@ -808,6 +825,8 @@ def train_transformer(
     With ``state_file``, everything needed to continue (weights, average, optimizer, random state, step) is
     saved there every ``--checkpoint_every`` steps, and loaded first when it exists (``--resume``): a resumed
     run continues the same random stream, so it ends with the weights an uninterrupted run would have.
+    ``latents_made_with`` (what made ``latents``: VAE phases, world geometry, scaling factor) is saved with the state;
+    a state trained on other latents is refused, one trained on re-encoded equal latents continues.
     """
     from tqdm.auto import tqdm
 
@@ -824,7 +843,7 @@ def train_transformer(
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ema = copy.deepcopy(transformer).requires_grad_(False) if args.ema_decay > 0 else None
     num_train_timesteps = scheduler.config.num_train_timesteps
-    running, running_v, first_step, history = None, None, 0, []
+    running, running_v, first_step, history, rewarm_from = None, None, 0, [], None
     if state_file is not None and Path(state_file).is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         trained_shift = state.get("snr_shift_scale", 3.0)  # states from before the flag used CogVideoX-2b's 3.0
@@ -835,10 +854,18 @@ def train_transformer(
         if trained_rotary != args.rotary_positions:
             raise UserError(f"{state_file} was trained {'with' if trained_rotary else 'without'} --rotary_positions: "
                             f"{'pass' if trained_rotary else 'drop'} it, or a new --state_dir to start over")
+        check_same_latents(state.get("latents_made_with"), latents_made_with, state_file)
         transformer.load_state_dict(state["transformer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            # A compact snapshot (scripts/world_model_chain.sh save) keeps the weights, not Adam's moments: a
+            # fresh Adam's first steps move every weight by the full learning rate, so warm it up again.
+            rewarm_from = state["step"]
+            logger.info("%s has no optimizer state: a fresh one, its learning rate re-warmed over %d steps",
+                        state_file, args.warmup_steps)
         generator.set_state(state["generator"])
         running, first_step, history = state["running"], state["step"], state["history"]
         running_v = state.get("running_v", running)  # states from before it was logged apart: the same value
@@ -849,6 +876,8 @@ def train_transformer(
                     initial=first_step, total=last)
     for step in progress:
         lr = cosine_lr(step, args.transformer_steps, args.lr, warmup=min(args.warmup_steps, args.transformer_steps))
+        if rewarm_from is not None and step - rewarm_from < args.warmup_steps:
+            lr *= (step - rewarm_from + 1) / args.warmup_steps
         for group in optimizer.param_groups:
             group["lr"] = lr
         index = torch.randint(len(latents), (args.batch_size,), generator=generator)
@@ -944,7 +973,7 @@ def train_transformer(
                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "running": running,
                      "running_v": running_v,
                      "step": step + 1, "history": history, "snr_shift_scale": args.snr_shift_scale,
-                     "rotary_positions": args.rotary_positions}
+                     "rotary_positions": args.rotary_positions, "latents_made_with": latents_made_with}
             atomic_write(state_file, lambda tmp: torch.save(state, tmp))
     transformer.eval()
     final = ema if ema is not None else transformer
@@ -1174,7 +1203,8 @@ def main(argv=None) -> dict:
         data = {"latents": latents * scaling_factor, "caption_index": caption_index,
                 "caption_embeds": caption_embeds, "scaling_factor": scaling_factor, **made_with}
         atomic_write(cache, lambda tmp: torch.save(data, tmp))
-        (state_dir / "transformer_state.pt").unlink(missing_ok=True)  # trained on other latents
+        if cached_with is not None:  # the cache held other latents, so the transformer state was trained on them
+            (state_dir / "transformer_state.pt").unlink(missing_ok=True)
     latents, caption_index, caption_embeds = data["latents"], data["caption_index"], data["caption_embeds"]
     scaling_factor = float(data["scaling_factor"])
     vae.register_to_config(scaling_factor=scaling_factor)
@@ -1206,6 +1236,7 @@ def main(argv=None) -> dict:
     trained, transformer_stats = train_transformer(
         transformer, scheduler, latents, caption_index, caption_embeds, empty_embed, args, on_eval=quick_eval,
         state_file=state_dir / "transformer_state.pt", rotary=rotary, vae=vae, pairs=pairs, far_pairs=far_pairs,
+        latents_made_with={**made_with, "scaling_factor": scaling_factor},
     )
     pipe.register_modules(transformer=trained)
     timings["transformer_training_s"] = time.perf_counter() - stage

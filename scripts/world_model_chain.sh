@@ -7,11 +7,18 @@
 #   scripts/world_model_chain.sh                 # about 15 hours on one CPU thread
 #   DEVICE=cuda scripts/world_model_chain.sh     # on a GPU (not yet timed)
 #   DRY_RUN=1 scripts/world_model_chain.sh       # print the commands only
+#   scripts/world_model_chain.sh save            # (the chain stopped) keep its state in SNAPSHOT_DIR
 #
 # Every link saves its model to OUT_DIR/<step>-<name> (evaluate or probe any of them). A link whose folder already
-# holds a model is skipped and the running one resumes from STATE_DIR, so rerunning the command after an
-# interruption continues where it stopped. The VAE starts from VAE_SOURCE's (the bundled model's, as the chain
-# did), then trains the robust phase (latent noise) on top.
+# holds a model, or that the state has already trained past, is skipped and the running one resumes from
+# STATE_DIR, so rerunning the command after an interruption continues where it stopped. The VAE starts from
+# VAE_SOURCE's (the bundled model's, as the chain did), then trains the robust phase (latent noise) on top.
+#
+# The chain is longer than a working session on a machine whose runs/ folder does not last. `save` keeps what the
+# chain needs to continue in SNAPSHOT_DIR, to be committed (about 12 MB: the VAE stage and the transformer's
+# averaged weights with the step and random stream; not Adam's moments, nor the latent caches, which are
+# re-encoded from the VAE in minutes); a later run with an empty STATE_DIR starts from that snapshot. Continuing
+# from a snapshot is not bit for bit the uninterrupted chain: the weights jump to their average and Adam restarts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +29,7 @@ VAE_SOURCE=${VAE_SOURCE:-models/world-cogvideox}
 THREADS=${THREADS:-1}
 DEVICE=${DEVICE:-cpu}
 DRY_RUN=${DRY_RUN:-0}
+SNAPSHOT_DIR=${SNAPSHOT_DIR:-models/world-chain-snapshot}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$THREADS}
 
 run() {
@@ -29,7 +37,49 @@ run() {
   if [ "$DRY_RUN" != 1 ]; then "$@"; fi
 }
 
-if [ ! -f "$STATE_DIR/vae_stage/phases.json" ]; then
+state_step() {  # the step the transformer state has reached (0 without one)
+  if [ -f "$STATE_DIR/transformer_state.pt" ]; then
+    "$PYTHON" -c 'import sys, torch; print(torch.load(sys.argv[1], weights_only=True)["step"])' \
+      "$STATE_DIR/transformer_state.pt"
+  else
+    echo 0
+  fi
+}
+
+if [ "${1:-}" = save ]; then
+  if [ ! -f "$STATE_DIR/vae_stage/phases.json" ] || [ ! -f "$STATE_DIR/transformer_state.pt" ]; then
+    echo "nothing to save: $STATE_DIR has no VAE stage or transformer state yet (run the chain first)" >&2
+    exit 2
+  fi
+  # Written beside the snapshot, then swapped in: an interrupted save leaves the last snapshot whole.
+  rm -rf "$SNAPSHOT_DIR.tmp"
+  run mkdir -p "$SNAPSHOT_DIR.tmp"
+  run cp -r "$STATE_DIR/vae_stage/vae" "$STATE_DIR/vae_stage/phases.json" "$SNAPSHOT_DIR.tmp/"
+  echo "# compact $STATE_DIR/transformer_state.pt into $SNAPSHOT_DIR.tmp/"
+  if [ "$DRY_RUN" != 1 ]; then
+    "$PYTHON" - "$STATE_DIR/transformer_state.pt" "$SNAPSHOT_DIR.tmp/transformer_state.pt" <<'PY'
+import sys, torch
+state = torch.load(sys.argv[1], weights_only=True)
+# The averaged weights (what the link would save now) stand for the trained ones too, and Adam's moments are left
+# out: a quarter of the size. The training script continues such a state with a fresh optimizer, re-warmed.
+weights = state["ema"] if state["ema"] is not None else state["transformer"]
+torch.save({**state, "transformer": weights, "ema": weights, "optimizer": None}, sys.argv[2])
+PY
+    rm -rf "$SNAPSHOT_DIR" && mv "$SNAPSHOT_DIR.tmp" "$SNAPSHOT_DIR"
+  fi
+  echo "# saved the chain's state at step $(state_step) to $SNAPSHOT_DIR"
+  exit 0
+elif [ -n "${1:-}" ]; then
+  echo "unknown argument '$1': run with no argument to train, or 'save' to keep the state in SNAPSHOT_DIR" >&2
+  exit 2
+fi
+
+if [ ! -f "$STATE_DIR/vae_stage/phases.json" ] && [ -f "$SNAPSHOT_DIR/transformer_state.pt" ]; then
+  echo "# continuing from the snapshot in $SNAPSHOT_DIR (the latents are re-encoded from its VAE)"
+  run mkdir -p "$STATE_DIR/vae_stage"
+  run cp -r "$SNAPSHOT_DIR/vae" "$SNAPSHOT_DIR/phases.json" "$VAE_SOURCE/text_encoder" "$STATE_DIR/vae_stage/"
+  run cp "$SNAPSHOT_DIR/transformer_state.pt" "$STATE_DIR/"
+elif [ ! -f "$STATE_DIR/vae_stage/phases.json" ]; then
   run mkdir -p "$STATE_DIR/vae_stage"
   run cp -r "$VAE_SOURCE/text_encoder" "$VAE_SOURCE/vae" "$STATE_DIR/vae_stage/"
   # Mark the copied VAE's first three phases done, so the robust phase is the one left to train.
@@ -57,6 +107,11 @@ for link in "${LINKS[@]}"; do
   out="$OUT_DIR/$(printf %05d "$steps")-$name"
   if [ -f "$out/training_summary.json" ]; then
     echo "# $out holds a model: skipped"
+    continue
+  fi
+  reached=$(state_step)
+  if [ "$reached" -ge "$steps" ]; then
+    echo "# $out: the state is at step $reached, past this link: skipped"
     continue
   fi
   # shellcheck disable=SC2086  # the flags are meant to split into words

@@ -7,9 +7,13 @@ the command the docs give for that run: the script must rebuild what the docs me
 import importlib.util
 import os
 import re
+import shutil
 import shlex
 import subprocess
+import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = ROOT / "scripts" / "world_model_chain.sh"
@@ -32,7 +36,7 @@ def dry_run(tmp_path, **env):
     result = subprocess.run(
         ["bash", str(CHAIN)], capture_output=True, text=True, check=True,
         env={**os.environ, "DRY_RUN": "1", "STATE_DIR": str(tmp_path / "state"), "OUT_DIR": str(tmp_path / "out"),
-             **env},
+             "SNAPSHOT_DIR": str(tmp_path / "snapshot"), **env},
     )
     return result.stdout.splitlines()
 
@@ -91,3 +95,64 @@ def test_a_link_whose_model_exists_is_skipped(tmp_path):
     # (parsed by hand: the training script refuses --device cuda on a machine without one)
     assert all(" --device cuda " in link and " --threads 2 " in link for link in links)
     assert lines[-1] == f"# the chain's model: {tmp_path}/out/44000-all"
+
+
+def fake_state(state_dir, step):
+    (state_dir / "vae_stage" / "vae").mkdir(parents=True)
+    (state_dir / "vae_stage" / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(os.urandom(1000))
+    (state_dir / "vae_stage" / "phases.json").write_text('{"phases": ["frames", "clips", "finetune", "robust"]}')
+    torch.save({"step": step, "transformer": {"w": torch.randn(5)}, "ema": {"w": torch.randn(5)},
+                "optimizer": {"state": {0: {"exp_avg": torch.randn(5)}}}, "generator": torch.arange(3)},
+               state_dir / "transformer_state.pt")
+
+
+def chain(tmp_path, *argv, **env):
+    """The chain for real, with a stand-in for the training script: the script's own Python (python -c reads the
+    state's step, python - compacts it) runs, a training command is only printed."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\ncase "$1" in -c|-) exec {sys.executable} "$@";; esac\necho "trained: $*"\n')
+    python.chmod(0o755)
+    return subprocess.run(
+        ["bash", str(CHAIN), *argv], capture_output=True, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHON": str(python), "STATE_DIR": str(tmp_path / "state"), "OUT_DIR": str(tmp_path / "out"),
+             "SNAPSHOT_DIR": str(tmp_path / "snapshot"), "VAE_SOURCE": str(ROOT / "models" / "world-cogvideox"), **env},
+    )
+
+
+def test_a_saved_snapshot_continues_the_chain_where_it_stopped(tmp_path):
+    fake_state(tmp_path / "state", 9000)
+    saved = chain(tmp_path, "save")
+    assert saved.returncode == 0, saved.stderr
+    assert f"# saved the chain's state at step 9000 to {tmp_path}/snapshot" in saved.stdout
+    for name in ("phases.json", "vae/diffusion_pytorch_model.safetensors"):
+        original = tmp_path / "state" / "vae_stage" / name
+        assert (tmp_path / "snapshot" / name).read_bytes() == original.read_bytes(), name
+    # The state is kept compact: the averaged weights for both, no optimizer, the step and random stream as they were.
+    full = torch.load(tmp_path / "state" / "transformer_state.pt", weights_only=True)
+    compact = torch.load(tmp_path / "snapshot" / "transformer_state.pt", weights_only=True)
+    assert torch.equal(compact["transformer"]["w"], full["ema"]["w"]) and torch.equal(compact["ema"]["w"], full["ema"]["w"])
+    assert compact["optimizer"] is None and compact["step"] == 9000 and torch.equal(compact["generator"], full["generator"])
+    # Another session: runs/ is gone, the snapshot was committed.
+    shutil.rmtree(tmp_path / "state")
+    result = chain(tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    trained = [line for line in lines if line.startswith("trained: ")]
+    # 5000 and 7500 are behind step 9000; the link to 14000 continues from it, and the rest follow.
+    assert [parse_args(line.split()[2:]).transformer_steps for line in trained] == [
+        14000, 20000, 26000, 32000, 38000, 44000]
+    assert sum("past this link: skipped" in line for line in lines) == 2
+    restored = tmp_path / "state"
+    assert (restored / "transformer_state.pt").read_bytes() == (tmp_path / "snapshot" / "transformer_state.pt").read_bytes()
+    assert (restored / "vae_stage" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (restored / "vae_stage" / "text_encoder" / "config.json").is_file()  # the text encoder from VAE_SOURCE
+
+
+def test_save_refuses_without_a_state_and_keeps_the_last_snapshot(tmp_path):
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "transformer_state.pt").write_bytes(b"last good")
+    refused = chain(tmp_path, "save")
+    assert refused.returncode == 2 and "nothing to save" in refused.stderr
+    assert (tmp_path / "snapshot" / "transformer_state.pt").read_bytes() == b"last good"
+    unknown = chain(tmp_path, "sav")
+    assert unknown.returncode == 2 and "unknown argument 'sav'" in unknown.stderr

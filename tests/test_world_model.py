@@ -395,6 +395,56 @@ def test_the_shape_swap_term_skips_videos_whose_caption_was_dropped(tmp_path):
     assert kept["final_loss"] > kept["final_v_loss"]
 
 
+def test_a_state_carried_without_its_latents_cache_continues_on_re_encoded_latents(tmp_path, capsys):
+    """A transformer state copied to another machine without latents.pt (hundreds of MB) re-encodes the dataset
+    and continues; a state whose record names other latents is refused."""
+    script = load_script()
+    args = TINY_ARGS + ["--transformer_steps", "4", "--checkpoint_every", "2", "--skip_eval"]
+    script.main(args + ["--output_dir", str(tmp_path / "whole"), "--state_dir", str(tmp_path / "s1")])
+    script.main(args + ["--output_dir", str(tmp_path / "half"), "--state_dir", str(tmp_path / "s2"),
+                        "--stop_after", "2"])
+    state_file = tmp_path / "s2" / "transformer_state.pt"
+    record = torch.load(state_file, weights_only=True)["latents_made_with"]
+    cached = torch.load(tmp_path / "s2" / "latents.pt", weights_only=True)
+    assert record["scaling_factor"] == pytest.approx(cached["scaling_factor"])
+    (tmp_path / "s2" / "latents.pt").unlink()
+    capsys.readouterr()
+    script.main(args + ["--output_dir", str(tmp_path / "resumed"), "--state_dir", str(tmp_path / "s2"), "--resume"])
+    log = capsys.readouterr().err
+    assert "encoded 8 videos" in log and f"resumed the transformer from {state_file} at step 2" in log
+    whole = CogVideoXPipeline.from_pretrained(tmp_path / "whole", local_files_only=True).transformer.state_dict()
+    resumed = CogVideoXPipeline.from_pretrained(tmp_path / "resumed", local_files_only=True).transformer.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(whole.values(), resumed.values()))
+    # The same state claiming latents with another scaling factor is refused, and left as it was.
+    state = torch.load(state_file, weights_only=True)
+    state["latents_made_with"]["scaling_factor"] *= 1.01
+    torch.save(state, state_file)
+    (tmp_path / "s2" / "latents.pt").unlink()
+    with pytest.raises(SystemExit) as refused:
+        script.main(args + ["--output_dir", str(tmp_path / "other"), "--state_dir", str(tmp_path / "s2"), "--resume",
+                            "--transformer_steps", "6"])
+    assert refused.value.code == 2 and state_file.is_file()
+
+
+def test_a_state_without_an_optimizer_continues_with_a_fresh_one_and_re_warms_the_learning_rate(tmp_path, capsys):
+    script = load_script()
+    args = TINY_ARGS + ["--transformer_steps", "6", "--warmup_steps", "2", "--checkpoint_every", "2", "--skip_eval",
+                        "--state_dir", str(tmp_path / "state")]
+    script.main(args + ["--output_dir", str(tmp_path / "half"), "--stop_after", "2"])
+    state_file = tmp_path / "state" / "transformer_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    torch.save({**state, "transformer": state["ema"], "optimizer": None}, state_file)  # as the chain's snapshot
+    capsys.readouterr()
+    script.main(args + ["--output_dir", str(tmp_path / "on"), "--resume", "--stop_after", "4"])
+    log = capsys.readouterr().err
+    assert "has no optimizer state: a fresh one" in log
+    # cosine_lr with 2 warmup steps of 6 at peak 1e-3: step 3 is the peak, halved by the re-warmup (1 of 2 steps);
+    # step 4 is 1e-3 * (0.1 + 0.9 * (1 + cos(pi / 4)) / 2), re-warmed fully.
+    assert "transformer step 3/6:" in log and "lr 5.00e-04" in log.split("transformer step 3/6:")[1].split("\n")[0]
+    step4 = 1e-3 * (0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2)
+    assert f"lr {step4:.2e}" in log.split("transformer step 4/6:")[1].split("\n")[0]
+
+
 def test_a_resume_in_another_world_geometry_encodes_its_own_latents(tmp_path):
     script = load_script()
     args = TINY_ARGS + ["--skip_eval", "--state_dir", str(tmp_path / "state")]
