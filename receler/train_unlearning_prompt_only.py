@@ -46,12 +46,12 @@ def main(argv=None) -> dict:
 
 
 def interrupted_message(result) -> str:
-    """What a Ctrl-C'd run saved, and how to continue it (the CLI then exits 130)."""
+    """What a run stopped by Ctrl-C or SIGTERM saved, and how to continue it (the CLI then exits 130)."""
     checkpoint = result.output_dir / "checkpoints" / f"step_{result.updates}"
     if not checkpoint.is_dir():
         return (f"training stopped after {result.updates} updates, before anything was learned worth saving; "
                 f"nothing to resume in {result.output_dir}.")
-    return (f"training stopped after {result.updates} updates (Ctrl-C). Saved: the erasers trained so far in "
+    return (f"training stopped after {result.updates} updates (Ctrl-C or SIGTERM). Saved: the erasers trained so far in "
             f"{result.output_dir} and the checkpoint {checkpoint}. The eraser is not finished: continue with "
             f"--resume_from {checkpoint}.")
 

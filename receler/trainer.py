@@ -16,7 +16,6 @@ import logging
 import math
 import pickle
 import shutil
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from .model_card import write_model_card
 from .plots import plot_train_log, read_train_log
 from .run_folder import PARTIAL_SUFFIX
 from .run_checkpoints import STATE_NAME, checkpoint_folder, resolve_resume, rotate_checkpoints
+from .stop_request import StopRequest
 from .tracking import open_tracker
 from .train_report import TrainingReport
 
@@ -660,32 +660,6 @@ def trained_step_indices(num_steps: int, train_timesteps, seed: int, epoch: int,
     return sorted(order[: int(train_timesteps)].tolist())
 
 
-class _StopRequest:
-    """Ctrl-C asks the loop to stop at the next update boundary (so the state saved is consistent);
-    a second Ctrl-C interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not in the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        logger.warning("Ctrl-C: finishing this update, then saving the erasers (press again to abort now)")
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def run_training(trainer: EraserTrainer, data: PromptSet, output_dir, resume_from=None, validator_factory=None) -> dict:
     """The training loop: epochs -> prompt batches (one trajectory each) -> timesteps (one update each).
 
@@ -712,7 +686,7 @@ def run_training(trainer: EraserTrainer, data: PromptSet, output_dir, resume_fro
     tracker = open_tracker(config.report_to, output_dir, tracked_settings(trainer), global_step) if dist.is_main else None
     validator = validator_factory(tracker) if validator_factory is not None and dist.is_main else None
     try:
-        with _StopRequest() as stop, (_open_log(log_path) if dist.is_main else nullcontext()) as log, \
+        with StopRequest("the erasers") as stop, (_open_log(log_path) if dist.is_main else nullcontext()) as log, \
                 logging_redirect_tqdm():
             report = TrainingReport(log, tracker, total, global_step, config.log_every, enabled=dist.is_main)
             try:

@@ -37,8 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from receler.errors import UserError, cli_entry, setup_logging  # noqa: E402
+from receler.errors import RunInterrupted, UserError, cli_entry, setup_logging  # noqa: E402
 from receler.io_utils import atomic_write, atomic_write_json  # noqa: E402
+from receler.stop_request import StopRequest  # noqa: E402
 from receler.world import make_dataset, scene_from_caption  # noqa: E402
 from receler.world.scenes import COLORS, SHAPES, check_shape_size  # noqa: E402
 from receler.world import model as world_model  # noqa: E402
@@ -281,7 +282,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     state.add_argument("--state_dir", default="runs/world-model-state",
                        help="Where the trained VAE stage and transformer checkpoints go while training.")
     state.add_argument("--checkpoint_every", type=int, default=500,
-                       help="Save the transformer, its weight average and the optimizer every N steps (0: never).")
+                       help="Save the transformer, its weight average and the optimizer every N steps (0: never; Ctrl-C "
+                            "or SIGTERM also saves them, at the step it finishes).")
     state.add_argument("--resume", action="store_true",
                        help="Continue from --state_dir: reuse its VAE stage and the latest transformer checkpoint.")
     args = parser.parse_args(argv)
@@ -874,107 +876,119 @@ def train_transformer(
     last = min(args.transformer_steps, args.stop_after or args.transformer_steps)
     progress = tqdm(range(first_step, last), desc="transformer", unit="step", mininterval=5,
                     initial=first_step, total=last)
-    for step in progress:
-        lr = cosine_lr(step, args.transformer_steps, args.lr, warmup=min(args.warmup_steps, args.transformer_steps))
-        if rewarm_from is not None and step - rewarm_from < args.warmup_steps:
-            lr *= (step - rewarm_from + 1) / args.warmup_steps
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        index = torch.randint(len(latents), (args.batch_size,), generator=generator)
-        clean = latents[index]
-        text = caption_embeds[caption_index[index]]
-        dropped = torch.rand(args.batch_size, generator=generator) < args.caption_dropout
-        text = torch.where(dropped[:, None, None], empty_embed, text)
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(num_train_timesteps, (args.batch_size,), generator=generator)
-        count = args.shape_pair_videos if args.shape_pair_weight > 0 else 0
-        if count:
-            # The partners reuse the batch's draws (noise, timestep, caption dropout): no extra random numbers, so a
-            # run with pairs sees the same videos and noise as one without.
-            pair_text = pairs[2][pairs[1][index[:count]]]
-            pair_text = torch.where(dropped[:count, None, None], empty_embed, pair_text)
-            clean = torch.cat([clean, pairs[0][index[:count]]])
-            text = torch.cat([text, pair_text])
-            noise = torch.cat([noise, noise[:count]])
-            timesteps = torch.cat([timesteps, timesteps[:count]])
-        # Drawn on the CPU (one random stream whatever the device), computed on the transformer's device.
-        clean, text, noise, timesteps = (t.to(args.device) for t in (clean, text, noise, timesteps))
-        noisy = scheduler.add_noise(clean, noise, timesteps)
-        target = scheduler.get_velocity(clean, noise, timesteps)
-        inputs, input_text, input_steps = noisy, text, timesteps
-        swap = args.shape_pair_videos if args.shape_swap_weight > 0 else 0
-        if swap:
-            # The batch's first noisy latents again, under the caption of the video drawn as the next shape (with
-            # --shape_swap_both, every second one as the shape after next).
-            swap_clean, swap_text = pairs[0][index[:swap]], pairs[2][pairs[1][index[:swap]]]
-            if args.shape_swap_both:
-                far = torch.arange(swap) % 2 == 1
-                swap_clean = torch.where(far.view(-1, 1, 1, 1, 1), far_pairs[0][index[:swap]], swap_clean)
-                swap_text = torch.where(far.view(-1, 1, 1), far_pairs[2][far_pairs[1][index[:swap]]], swap_text)
-            swap_clean, swap_text = swap_clean.to(args.device), swap_text.to(args.device)
-            inputs = torch.cat([noisy, noisy[:swap]])
-            input_text = torch.cat([text, swap_text])
-            input_steps = torch.cat([timesteps, timesteps[:swap]])
-        prediction = transformer(
-            hidden_states=inputs, encoder_hidden_states=input_text, timestep=input_steps, image_rotary_emb=rotary,
-            return_dict=False,
-        )[0]
-        if swap:
-            prediction, swap_prediction = prediction[:-swap], prediction[-swap:]
-        squared = (prediction - target) ** 2
-        if args.latent_foreground_weight > 0:
-            weights = latent_foreground_weights(clean, args.latent_foreground_weight, args.latent_foreground_threshold)
-            squared = squared * weights / weights.mean()  # the same weights on every channel
-        if args.shape_v_focus > 0:
-            squared = squared * shape_v_weights(clean, swap_clean, args.shape_v_focus)
-        frame_weights = None
-        if args.later_frame_weight != 1.0:
-            frame_weights = latent_frame_weights(clean.shape[1], args.later_frame_weight).to(squared)
-            squared = squared * frame_weights
-        if args.min_snr_gamma > 0:
-            squared = squared * min_snr_weights(scheduler, timesteps, args.min_snr_gamma).view(-1, 1, 1, 1, 1)
-        loss = squared.mean()
-        v_loss = loss.item()  # the plain (weighted) v loss, logged apart from the extra terms below
-        if count:
-            paired = shape_pair_loss(prediction[:count], target[:count], prediction[-count:], target[-count:])
-            loss = loss + args.shape_pair_weight * paired.mean()
-        if swap:
-            focus = frame_weights
-            if args.shape_swap_focus > 0:
-                focus = shape_difference_weights(clean[:swap], swap_clean, args.shape_swap_focus)
-                focus = focus if frame_weights is None else focus * frame_weights
-            swapped = shape_swap_loss(scheduler, noisy[:swap], swap_prediction, swap_clean, timesteps[:swap], focus)
-            captioned = (~dropped[:swap]).to(swapped)
-            loss = loss + args.shape_swap_weight * (swapped * captioned).sum() / captioned.sum().clamp(min=1)
-        if args.pixel_loss_weight > 0:
-            k = args.pixel_loss_videos
-            pixel = decoded_v_loss(vae, scheduler, noisy[:k], prediction[:k], clean[:k], timesteps[:k])
-            loss = loss + args.pixel_loss_weight * pixel.mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"transformer loss is not finite at step {step}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        if ema is not None:
-            # Early on the average would mostly hold the random init: warm its decay up.
-            update_ema(ema, transformer, min(args.ema_decay, (1 + step) / (10 + step)))
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        running_v = v_loss if running_v is None else 0.98 * running_v + 0.02 * v_loss
-        progress.set_postfix(loss=f"{running:.4f}", v=f"{running_v:.4f}", refresh=False)
-        if (step + 1) % args.log_every == 0 or step + 1 == args.transformer_steps:
-            logger.info("transformer step %d/%d: loss %.4f (running; the v loss alone %.4f), grad norm %.3f, lr %.2e",
-                        step + 1, args.transformer_steps, running, running_v, grad_norm.item(), lr)
-        if on_eval is not None and args.eval_every > 0 and (step + 1) % args.eval_every == 0:
-            history.append(on_eval(step + 1, (ema if ema is not None else transformer).eval()))
-            transformer.train()
-        if state_file is not None and args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0:
-            state = {"transformer": transformer.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                     "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "running": running,
-                     "running_v": running_v,
-                     "step": step + 1, "history": history, "snr_shift_scale": args.snr_shift_scale,
-                     "rotary_positions": args.rotary_positions, "latents_made_with": latents_made_with}
-            atomic_write(state_file, lambda tmp: torch.save(state, tmp))
+
+    def save_state(done: int) -> None:
+        state = {"transformer": transformer.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "running": running,
+                 "running_v": running_v,
+                 "step": done, "history": history, "snr_shift_scale": args.snr_shift_scale,
+                 "rotary_positions": args.rotary_positions, "latents_made_with": latents_made_with}
+        atomic_write(state_file, lambda tmp: torch.save(state, tmp))
+
+    with StopRequest("the transformer state") as stop:
+        for step in progress:
+            lr = cosine_lr(step, args.transformer_steps, args.lr, warmup=min(args.warmup_steps, args.transformer_steps))
+            if rewarm_from is not None and step - rewarm_from < args.warmup_steps:
+                lr *= (step - rewarm_from + 1) / args.warmup_steps
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            index = torch.randint(len(latents), (args.batch_size,), generator=generator)
+            clean = latents[index]
+            text = caption_embeds[caption_index[index]]
+            dropped = torch.rand(args.batch_size, generator=generator) < args.caption_dropout
+            text = torch.where(dropped[:, None, None], empty_embed, text)
+            noise = torch.randn(clean.shape, generator=generator)
+            timesteps = torch.randint(num_train_timesteps, (args.batch_size,), generator=generator)
+            count = args.shape_pair_videos if args.shape_pair_weight > 0 else 0
+            if count:
+                # The partners reuse the batch's draws (noise, timestep, caption dropout): no extra random numbers, so a
+                # run with pairs sees the same videos and noise as one without.
+                pair_text = pairs[2][pairs[1][index[:count]]]
+                pair_text = torch.where(dropped[:count, None, None], empty_embed, pair_text)
+                clean = torch.cat([clean, pairs[0][index[:count]]])
+                text = torch.cat([text, pair_text])
+                noise = torch.cat([noise, noise[:count]])
+                timesteps = torch.cat([timesteps, timesteps[:count]])
+            # Drawn on the CPU (one random stream whatever the device), computed on the transformer's device.
+            clean, text, noise, timesteps = (t.to(args.device) for t in (clean, text, noise, timesteps))
+            noisy = scheduler.add_noise(clean, noise, timesteps)
+            target = scheduler.get_velocity(clean, noise, timesteps)
+            inputs, input_text, input_steps = noisy, text, timesteps
+            swap = args.shape_pair_videos if args.shape_swap_weight > 0 else 0
+            if swap:
+                # The batch's first noisy latents again, under the caption of the video drawn as the next shape (with
+                # --shape_swap_both, every second one as the shape after next).
+                swap_clean, swap_text = pairs[0][index[:swap]], pairs[2][pairs[1][index[:swap]]]
+                if args.shape_swap_both:
+                    far = torch.arange(swap) % 2 == 1
+                    swap_clean = torch.where(far.view(-1, 1, 1, 1, 1), far_pairs[0][index[:swap]], swap_clean)
+                    swap_text = torch.where(far.view(-1, 1, 1), far_pairs[2][far_pairs[1][index[:swap]]], swap_text)
+                swap_clean, swap_text = swap_clean.to(args.device), swap_text.to(args.device)
+                inputs = torch.cat([noisy, noisy[:swap]])
+                input_text = torch.cat([text, swap_text])
+                input_steps = torch.cat([timesteps, timesteps[:swap]])
+            prediction = transformer(
+                hidden_states=inputs, encoder_hidden_states=input_text, timestep=input_steps, image_rotary_emb=rotary,
+                return_dict=False,
+            )[0]
+            if swap:
+                prediction, swap_prediction = prediction[:-swap], prediction[-swap:]
+            squared = (prediction - target) ** 2
+            if args.latent_foreground_weight > 0:
+                weights = latent_foreground_weights(clean, args.latent_foreground_weight,
+                                                    args.latent_foreground_threshold)
+                squared = squared * weights / weights.mean()  # the same weights on every channel
+            if args.shape_v_focus > 0:
+                squared = squared * shape_v_weights(clean, swap_clean, args.shape_v_focus)
+            frame_weights = None
+            if args.later_frame_weight != 1.0:
+                frame_weights = latent_frame_weights(clean.shape[1], args.later_frame_weight).to(squared)
+                squared = squared * frame_weights
+            if args.min_snr_gamma > 0:
+                squared = squared * min_snr_weights(scheduler, timesteps, args.min_snr_gamma).view(-1, 1, 1, 1, 1)
+            loss = squared.mean()
+            v_loss = loss.item()  # the plain (weighted) v loss, logged apart from the extra terms below
+            if count:
+                paired = shape_pair_loss(prediction[:count], target[:count], prediction[-count:], target[-count:])
+                loss = loss + args.shape_pair_weight * paired.mean()
+            if swap:
+                focus = frame_weights
+                if args.shape_swap_focus > 0:
+                    focus = shape_difference_weights(clean[:swap], swap_clean, args.shape_swap_focus)
+                    focus = focus if frame_weights is None else focus * frame_weights
+                swapped = shape_swap_loss(scheduler, noisy[:swap], swap_prediction, swap_clean, timesteps[:swap], focus)
+                captioned = (~dropped[:swap]).to(swapped)
+                loss = loss + args.shape_swap_weight * (swapped * captioned).sum() / captioned.sum().clamp(min=1)
+            if args.pixel_loss_weight > 0:
+                k = args.pixel_loss_videos
+                pixel = decoded_v_loss(vae, scheduler, noisy[:k], prediction[:k], clean[:k], timesteps[:k])
+                loss = loss + args.pixel_loss_weight * pixel.mean()
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"transformer loss is not finite at step {step}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+            optimizer.step()
+            if ema is not None:
+                # Early on the average would mostly hold the random init: warm its decay up.
+                update_ema(ema, transformer, min(args.ema_decay, (1 + step) / (10 + step)))
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            running_v = v_loss if running_v is None else 0.98 * running_v + 0.02 * v_loss
+            progress.set_postfix(loss=f"{running:.4f}", v=f"{running_v:.4f}", refresh=False)
+            if (step + 1) % args.log_every == 0 or step + 1 == args.transformer_steps:
+                logger.info("transformer step %d/%d: loss %.4f (running; the v loss alone %.4f), grad norm %.3f, "
+                            "lr %.2e", step + 1, args.transformer_steps, running, running_v, grad_norm.item(), lr)
+            if on_eval is not None and args.eval_every > 0 and (step + 1) % args.eval_every == 0:
+                history.append(on_eval(step + 1, (ema if ema is not None else transformer).eval()))
+                transformer.train()
+            checkpoint_due = args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0
+            if state_file is not None and (checkpoint_due or stop.requested):
+                save_state(step + 1)
+            if stop.requested:
+                progress.close()
+                where = (f"its state is in {state_file}: rerun the same command with --resume to continue"
+                         if state_file is not None else "nothing was saved")
+                raise RunInterrupted(f"the transformer stopped at step {step + 1} of {last} ({stop.reason}); {where}")
     transformer.eval()
     final = ema if ema is not None else transformer
     return final.eval().requires_grad_(False), {"final_loss": running, "final_v_loss": running_v,

@@ -11,8 +11,10 @@
 #
 # Every link saves its model to OUT_DIR/<step>-<name> (evaluate or probe any of them). A link whose folder already
 # holds a model, or that the state has already trained past, is skipped and the running one resumes from
-# STATE_DIR, so rerunning the command after an interruption continues where it stopped. The VAE starts from
-# VAE_SOURCE's (the bundled model's, as the chain did), then trains the robust phase (latent noise) on top.
+# STATE_DIR, so rerunning the command after an interruption continues where it stopped. Stop it with Ctrl-C, or
+# `pkill -f train_world_model.py` when it runs in the background: the running link saves its state at the step it
+# finishes and exits 130, which ends the chain. The VAE starts from VAE_SOURCE's (the bundled model's, as the chain
+# did), then trains the robust phase (latent noise) on top.
 #
 # The chain is longer than a working session on a machine whose runs/ folder does not last. `save` keeps what the
 # chain needs to continue in SNAPSHOT_DIR, to be committed (about 12 MB: the VAE stage and the transformer's

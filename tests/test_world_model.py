@@ -8,6 +8,8 @@ through the scoring helpers under test.
 import importlib.util
 import json
 import math
+import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -312,6 +314,35 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypat
     for module in ("transformer", "vae"):
         for a, b in zip(getattr(whole, module).state_dict().values(), getattr(resumed, module).state_dict().values()):
             assert torch.equal(a, b), module
+
+
+def test_a_stop_signal_saves_the_state_of_the_step_it_finishes_and_the_resume_ends_where_a_whole_run_does(
+        tmp_path, monkeypatch):
+    script = load_script()
+    args = TINY_ARGS + ["--transformer_steps", "4", "--checkpoint_every", "0", "--skip_eval"]
+    script.main(args + ["--output_dir", str(tmp_path / "whole"), "--state_dir", str(tmp_path / "s1")])
+
+    real_update = script.update_ema
+    calls = []
+
+    def kill_during_the_third_step(ema, model, decay):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # what pkill sends; the step still finishes
+        real_update(ema, model, decay)
+
+    monkeypatch.setattr(script, "update_ema", kill_during_the_third_step)
+    with pytest.raises(SystemExit) as stopped:
+        script.main(args + ["--output_dir", str(tmp_path / "resumed"), "--state_dir", str(tmp_path / "s2")])
+    monkeypatch.setattr(script, "update_ema", real_update)
+    assert stopped.value.code == 130 and len(calls) == 3 and not (tmp_path / "resumed").exists()
+    # No periodic checkpoints: the state on disk is the one the signal saved, after the third step.
+    assert torch.load(tmp_path / "s2" / "transformer_state.pt", weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after the run
+    script.main(args + ["--output_dir", str(tmp_path / "resumed"), "--state_dir", str(tmp_path / "s2"), "--resume"])
+    whole = CogVideoXPipeline.from_pretrained(tmp_path / "whole", local_files_only=True).transformer.state_dict()
+    resumed = CogVideoXPipeline.from_pretrained(tmp_path / "resumed", local_files_only=True).transformer.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(whole.values(), resumed.values()))
 
 
 def test_rotary_positions_train_with_the_embedding_the_pipeline_samples_with(tmp_path, monkeypatch):
