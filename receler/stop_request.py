@@ -17,9 +17,9 @@ SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 class StopRequest:
     """Context manager: ``requested`` turns true on the first SIGINT or SIGTERM; ``reason`` names the signal.
 
-    ``saving`` says in the warning what the loop will save. A signal the process was started ignoring (SIGINT in a
-    job started with ``&`` from a script) stays ignored, as its parent asked. Outside the main thread, where Python
-    cannot install handlers, signals are left alone.
+    ``saving`` says in the warning what the loop will save. The handlers replace even an inherited "ignore": a job
+    started with ``&`` from a script ignores SIGINT, and ``kill -INT`` should still stop it with its state saved
+    rather than do nothing. Outside the main thread, where Python cannot install handlers, signals are left alone.
     """
 
     def __init__(self, saving: str = "the state"):
@@ -31,8 +31,6 @@ class StopRequest:
     def __enter__(self):
         for signum in SIGNAL_NAMES:
             try:
-                if signal.getsignal(signum) is signal.SIG_IGN:
-                    continue
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not in the main thread
                 break
