@@ -51,8 +51,8 @@ def interrupted_message(result) -> str:
     if not checkpoint.is_dir():
         return (f"training stopped after {result.updates} updates, before anything was learned worth saving; "
                 f"nothing to resume in {result.output_dir}.")
-    return (f"training stopped after {result.updates} updates (Ctrl-C or SIGTERM). Saved: the erasers trained so far in "
-            f"{result.output_dir} and the checkpoint {checkpoint}. The eraser is not finished: continue with "
+    return (f"training stopped after {result.updates} updates (Ctrl-C or SIGTERM). Saved: the erasers trained so "
+            f"far in {result.output_dir} and the checkpoint {checkpoint}. The eraser is not finished: continue with "
             f"--resume_from {checkpoint}.")
 
 

@@ -282,8 +282,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     state.add_argument("--state_dir", default="runs/world-model-state",
                        help="Where the trained VAE stage and transformer checkpoints go while training.")
     state.add_argument("--checkpoint_every", type=int, default=500,
-                       help="Save the transformer, its weight average and the optimizer every N steps (0: never; Ctrl-C "
-                            "or SIGTERM also saves them, at the step it finishes).")
+                       help="Save the transformer, its weight average and the optimizer every N steps (0: never; "
+                            "Ctrl-C or SIGTERM also saves them, at the step it finishes).")
     state.add_argument("--resume", action="store_true",
                        help="Continue from --state_dir: reuse its VAE stage and the latest transformer checkpoint.")
     args = parser.parse_args(argv)
