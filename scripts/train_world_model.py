@@ -282,10 +282,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     state.add_argument("--state_dir", default="runs/world-model-state",
                        help="Where the trained VAE stage and transformer checkpoints go while training.")
     state.add_argument("--checkpoint_every", type=int, default=500,
-                       help="Save the transformer, its weight average and the optimizer every N steps (0: never; "
-                            "Ctrl-C or SIGTERM also saves them, at the step it finishes).")
+                       help="Save the running stage's state (the VAE phase, or the transformer with its weight "
+                            "average) with its optimizer every N steps (0: never; Ctrl-C or SIGTERM also saves it, "
+                            "at the step it finishes).")
     state.add_argument("--resume", action="store_true",
-                       help="Continue from --state_dir: reuse its VAE stage and the latest transformer checkpoint.")
+                       help="Continue from --state_dir: reuse its VAE stage, continue a VAE phase stopped part way, "
+                            "and the latest transformer checkpoint.")
     args = parser.parse_args(argv)
 
     try:
@@ -635,15 +637,79 @@ def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_
     return loss, rec, kl, code
 
 
-def train_vae(vae, args) -> dict:
+# Which flag sets each VAE phase's length (named when a saved phase does not fit the command).
+VAE_PHASE_STEPS_FLAG = {"frames": "--vae_image_steps", "clips": "--vae_steps", "finetune": "--vae_finetune_steps",
+                        "robust": "--vae_robust_steps", "shape_code": "--vae_shape_code_steps"}
+
+
+def saved_vae_phase(state_file: Path | None) -> dict | None:
+    """The mid-phase VAE state in ``state_file`` (None without one)."""
+    if state_file is None or not state_file.is_file():
+        return None
+    return torch.load(state_file, map_location="cpu", weights_only=True)
+
+
+def run_vae_phase(vae, optimizer, generator, phase: str, steps: int, peak_lr: float, draw, args, state_file=None,
+                  stats: dict | None = None, latent_noise: float = 0.0):
+    """The steps of one VAE phase; returns its running reconstruction loss.
+
+    ``draw()`` takes the next batch from ``generator``: (uint8 videos, shape-code labels or None). With
+    ``state_file``, the VAE, the optimizer, the random stream, the step and ``stats`` (what the phases before this one
+    measured, updated in place on a resume) are saved there every ``--checkpoint_every`` steps and when a stop is
+    requested, and a saved state of this phase is continued first: a resumed phase ends as an uninterrupted one.
+    """
+    from tqdm.auto import tqdm
+
+    first_step, running = 0, None
+    saved = saved_vae_phase(state_file)
+    if saved is not None and saved["phase"] == phase:
+        if saved["steps"] != steps:
+            raise UserError(f"{state_file} holds the VAE's {phase} phase at step {saved['step']} of "
+                            f"{saved['steps']}, not of {steps}: pass {VAE_PHASE_STEPS_FLAG[phase]} {saved['steps']}, "
+                            "or a new --state_dir to start over")
+        vae.load_state_dict(saved["vae"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        first_step, running = saved["step"], saved["running"]
+        if stats is not None:
+            stats.update(saved["stats"])
+        logger.info("resumed the VAE's %s phase from %s at step %d of %d", phase, state_file, first_step, steps)
+
+    def save_state(done: int) -> None:
+        state = {"phase": phase, "step": done, "steps": steps, "vae": vae.state_dict(),
+                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "running": running,
+                 "stats": stats or {}}
+        atomic_write(state_file, lambda tmp: torch.save(state, tmp))
+
+    progress = tqdm(range(first_step, steps), desc=f"vae ({phase})", unit="step", mininterval=5, initial=first_step,
+                    total=steps)
+    with StopRequest(f"the VAE's {phase} phase") as stop:
+        for step in progress:
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, steps, peak_lr, warmup=min(20, steps))
+            batch, labels = draw()
+            running = vae_step(vae, optimizer, batch, args, generator, phase, step, steps, running, progress,
+                               latent_noise=latent_noise, labels=labels)
+            checkpoint_due = args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0
+            if state_file is not None and (checkpoint_due or stop.requested):
+                save_state(step + 1)
+            if stop.requested:
+                progress.close()
+                where = (f"its state is in {state_file}: rerun the same command with --resume to continue"
+                         if state_file is not None else "nothing was saved")
+                raise RunInterrupted(f"the VAE's {phase} phase stopped at step {step + 1} of {steps} ({stop.reason}); "
+                                     f"{where}")
+    return running
+
+
+def train_vae(vae, args, state_file: Path | None = None) -> dict:
     """Train the VAE on a pool of world videos: single frames first, then whole clips.
 
     From scratch on clips alone the VAE learns slowly (one clip costs ~9 frames but shows
     about one image's worth of content); frames teach colours and shapes cheaply, then clips
-    teach the temporal layers to encode motion within each 4-frame latent.
+    teach the temporal layers to encode motion within each 4-frame latent. The two phases share one optimizer and
+    random stream, so a run stopped in the clips phase continues there (``state_file``, see ``run_vae_phase``).
     """
-    from tqdm.auto import tqdm
-
     _, pool = zip(*world_videos(args.vae_videos, seed=args.seed + 100, two_shape_prob=args.two_shape_prob,
                                 shape_size=args.shape_size))
     pool = np.concatenate(pool)
@@ -651,24 +717,24 @@ def train_vae(vae, args) -> dict:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     vae.train()
     stats = {}
-    phases = [
-        ("frames", args.vae_image_steps, args.vae_image_batch_size, args.vae_image_lr),
-        ("clips", args.vae_steps, args.vae_batch_size, args.vae_lr),
-    ]
-    for phase, steps, batch_size, peak_lr in phases:
-        running = None
-        progress = tqdm(range(steps), desc=f"vae ({phase})", unit="step", mininterval=5)
-        for step in progress:
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, steps, peak_lr, warmup=min(20, steps))
-            index = torch.randint(len(pool), (batch_size,), generator=generator).numpy()
-            if phase == "frames":
-                frame = torch.randint(pool.shape[1], (batch_size,), generator=generator).numpy()
-                batch = pool[index, frame][:, None]  # [B, 1, H, W, 3]: one-frame videos
-            else:
-                batch = pool[index]
-            running = vae_step(vae, optimizer, batch, args, generator, phase, step, steps, running, progress)
-        stats[f"final_reconstruction_loss_{phase}"] = running
+
+    def draw_frames():
+        index = torch.randint(len(pool), (args.vae_image_batch_size,), generator=generator).numpy()
+        frame = torch.randint(pool.shape[1], (args.vae_image_batch_size,), generator=generator).numpy()
+        return pool[index, frame][:, None], None  # [B, 1, H, W, 3]: one-frame videos
+
+    def draw_clips():
+        return pool[torch.randint(len(pool), (args.vae_batch_size,), generator=generator).numpy()], None
+
+    saved = saved_vae_phase(state_file)
+    in_clips = saved is not None and saved["phase"] == "clips"  # the frames phase is in the saved weights
+    phases = [("frames", args.vae_image_steps, args.vae_image_lr, draw_frames),
+              ("clips", args.vae_steps, args.vae_lr, draw_clips)]
+    for phase, steps, peak_lr, draw in phases:
+        if phase == "frames" and in_clips:
+            continue
+        stats[f"final_reconstruction_loss_{phase}"] = run_vae_phase(vae, optimizer, generator, phase, steps, peak_lr,
+                                                                    draw, args, state_file, stats)
     vae.eval().requires_grad_(False)
     return stats
 
@@ -692,16 +758,15 @@ def vae_step(vae, optimizer, batch: np.ndarray, args, generator, phase: str, ste
     return running
 
 
-def finetune_vae(vae, args, phase: str = "finetune") -> dict:
+def finetune_vae(vae, args, phase: str = "finetune", state_file: Path | None = None) -> dict:
     """A late VAE phase on clips from a fresh pool (other videos than the earlier phases'), with a fresh optimizer
-    and its own random stream, so a run resumed between phases ends exactly as an uninterrupted one.
+    and its own random stream, so a run resumed between phases ends exactly as an uninterrupted one (and within
+    one, from ``state_file``: see ``run_vae_phase``).
 
     ``finetune`` sharpens the reconstructions at a lower learning rate; ``robust`` trains on noisy latents
     (``--vae_robust_noise``) so that what the decoder reads stays apart by more than the transformer's errors;
     ``shape_code`` keeps the noise and adds the shape code (``--vae_shape_code_steps``).
     """
-    from tqdm.auto import tqdm
-
     offset, steps, peak_lr, noise = {
         "finetune": (102, args.vae_finetune_steps, args.vae_finetune_lr, 0.0),
         "robust": (104, args.vae_robust_steps, args.vae_robust_lr, args.vae_robust_noise),
@@ -718,14 +783,13 @@ def finetune_vae(vae, args, phase: str = "finetune") -> dict:
     generator = torch.Generator().manual_seed(args.seed + offset + 1)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=peak_lr, weight_decay=0.0)
     vae.train().requires_grad_(True)
-    running = None
-    progress = tqdm(range(steps), desc=f"vae ({phase})", unit="step", mininterval=5)
-    for step in progress:
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, peak_lr, warmup=min(20, steps))
+
+    def draw():
         index = torch.randint(len(pool), (args.vae_batch_size,), generator=generator).numpy()
-        running = vae_step(vae, optimizer, pool[index], args, generator, phase, step, steps, running, progress,
-                           latent_noise=noise, labels=None if labels is None else labels[index])
+        return pool[index], None if labels is None else labels[index]
+
+    running = run_vae_phase(vae, optimizer, generator, phase, steps, peak_lr, draw, args, state_file,
+                            latent_noise=noise)
     vae.eval().requires_grad_(False)
     return {f"final_reconstruction_loss_{phase}": running}
 
@@ -1160,6 +1224,7 @@ def main(argv=None) -> dict:
         shutil.rmtree(state_dir)  # a fresh run never mixes with an old run's state
     state_dir.mkdir(parents=True, exist_ok=True)
     vae_stage = state_dir / "vae_stage"
+    vae_phase_file = state_dir / "vae_phase_state.pt"  # a VAE phase stopped part way (see run_vae_phase)
     if args.resume and args.vae_from is None and (vae_stage / "vae" / "config.json").is_file():
         args.vae_from = str(vae_stage)
         logger.info("resuming from %s: the VAE phases %s are done", state_dir, vae_phases_done(vae_stage)[0])
@@ -1179,8 +1244,9 @@ def main(argv=None) -> dict:
         text_encoder.to(args.device)
         logger.info("training the VAE (%d parameters): %d steps on frames, %d on clips", count_parameters(vae),
                     args.vae_image_steps, args.vae_steps)
-        vae_stats, phases = train_vae(vae, args), ["frames", "clips"]
+        vae_stats, phases = train_vae(vae, args, vae_phase_file), ["frames", "clips"]
         save_frozen_parts(vae_stage, text_encoder, vae, phases, vae_stats)
+        vae_phase_file.unlink(missing_ok=True)  # the phases are in the VAE stage now
     ours = args.vae_from is None or Path(args.vae_from) == vae_stage  # another model's VAE is reused as it is
     late_phases = [("finetune", args.vae_finetune_steps, "fine-tuning the VAE on clips"),
                    ("robust", args.vae_robust_steps, "training the VAE on noisy latents"),
@@ -1188,9 +1254,10 @@ def main(argv=None) -> dict:
     for phase, steps, what in late_phases:
         if ours and phase not in phases and steps > 0:
             logger.info("%s: %d steps", what, steps)
-            vae_stats.update(finetune_vae(vae, args, phase))
+            vae_stats.update(finetune_vae(vae, args, phase, vae_phase_file))
             phases = phases + [phase]
             save_frozen_parts(vae_stage, text_encoder, vae, phases, vae_stats)
+            vae_phase_file.unlink(missing_ok=True)
     vae_stats = {**vae_stats, "phases": phases, "reconstruction": vae_check(vae, args)}
     timings["vae_training_s"] = time.perf_counter() - stage
 

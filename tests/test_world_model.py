@@ -346,6 +346,68 @@ def test_a_stop_signal_saves_the_state_of_the_step_it_finishes_and_the_resume_en
     assert all(torch.equal(a, b) for a, b in zip(whole.values(), resumed.values()))
 
 
+def test_a_vae_phase_stopped_part_way_resumes_where_it_stopped_and_ends_as_a_whole_run(tmp_path, monkeypatch,
+                                                                                        capsys):
+    script = load_script()
+    args = TINY_ARGS + ["--transformer_steps", "1", "--checkpoint_every", "0", "--skip_eval"]
+    script.main(args + ["--output_dir", str(tmp_path / "whole"), "--state_dir", str(tmp_path / "s1")])
+
+    real_step = script.vae_step
+    calls = []
+
+    def kill_during_call(n):
+        def step(*a, **k):
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), signal.SIGTERM)  # the step still finishes
+            return real_step(*a, **k)
+        return step
+
+    state_file = tmp_path / "s2" / "vae_phase_state.pt"
+    run = args + ["--output_dir", str(tmp_path / "resumed"), "--state_dir", str(tmp_path / "s2")]
+    # TINY_ARGS: 2 steps each of frames, clips, finetune and robust. The third VAE step is the first of the clips.
+    monkeypatch.setattr(script, "vae_step", kill_during_call(3))
+    with pytest.raises(SystemExit) as stopped:
+        script.main(run)
+    saved = torch.load(state_file, weights_only=True)
+    assert stopped.value.code == 130 and len(calls) == 3
+    assert (saved["phase"], saved["step"], saved["steps"]) == ("clips", 1, 2)
+    assert set(saved["stats"]) == {"final_reconstruction_loss_frames"}
+    assert not (tmp_path / "s2" / "vae_stage").exists()  # no phase of the VAE stage is marked done
+    assert "the VAE's clips phase stopped at step 1 of 2 (SIGTERM)" in capsys.readouterr().err
+
+    # Resumed: one clips step, two of the fine-tune, and a stop in the first of the robust phase (a late phase).
+    calls.clear()
+    monkeypatch.setattr(script, "vae_step", kill_during_call(4))
+    with pytest.raises(SystemExit) as stopped:
+        script.main(run + ["--resume"])
+    saved = torch.load(state_file, weights_only=True)
+    assert stopped.value.code == 130 and len(calls) == 4
+    assert (saved["phase"], saved["step"]) == ("robust", 1)
+    assert json.loads((tmp_path / "s2" / "vae_stage" / "phases.json").read_text())["phases"] == [
+        "frames", "clips", "finetune"]
+    monkeypatch.setattr(script, "vae_step", real_step)
+
+    # A schedule of another length is refused, naming the flag that sets it.
+    with pytest.raises(SystemExit) as refused:
+        script.main(run + ["--resume", "--vae_robust_steps", "3"])
+    assert refused.value.code == 2 and "--vae_robust_steps 2" in capsys.readouterr().err
+
+    calls.clear()
+    monkeypatch.setattr(script, "vae_step", kill_during_call(0))  # counts the steps, never stops
+    script.main(run + ["--resume"])
+    assert len(calls) == 1 and not state_file.exists()  # the last robust step only; the stage holds the phases now
+    whole = CogVideoXPipeline.from_pretrained(tmp_path / "whole", local_files_only=True)
+    resumed = CogVideoXPipeline.from_pretrained(tmp_path / "resumed", local_files_only=True)
+    for module in ("vae", "transformer"):
+        for a, b in zip(getattr(whole, module).state_dict().values(), getattr(resumed, module).state_dict().values()):
+            assert torch.equal(a, b), module
+    summaries = [json.loads((tmp_path / name / "training_summary.json").read_text())["vae"] for name in
+                 ("whole", "resumed")]
+    losses = [{k: v for k, v in s.items() if k.startswith("final_")} for s in summaries]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
 def test_rotary_positions_train_with_the_embedding_the_pipeline_samples_with(tmp_path, monkeypatch):
     from diffusers import CogVideoXTransformer3DModel
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
