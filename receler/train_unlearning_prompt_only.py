@@ -51,9 +51,9 @@ def interrupted_message(result) -> str:
     if not checkpoint.is_dir():
         return (f"training stopped after {result.updates} updates, before anything was learned worth saving; "
                 f"nothing to resume in {result.output_dir}.")
-    return (f"training stopped after {result.updates} updates (Ctrl-C or SIGTERM). Saved: the erasers trained so "
-            f"far in {result.output_dir} and the checkpoint {checkpoint}. The eraser is not finished: continue with "
-            f"--resume_from {checkpoint}.")
+    return (f"training stopped after {result.updates} updates ({result.signal or 'Ctrl-C or SIGTERM'}). Saved: "
+            f"the erasers trained so far in {result.output_dir} and the checkpoint {checkpoint}. The eraser is not "
+            f"finished: continue with --resume_from {checkpoint}.")
 
 
 if __name__ == "__main__":

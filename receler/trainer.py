@@ -691,6 +691,8 @@ def run_training(trainer: EraserTrainer, data: PromptSet, output_dir, resume_fro
             report = TrainingReport(log, tracker, total, global_step, config.log_every, enabled=dist.is_main)
             try:
                 summary = _loop(trainer, data, output_dir, report, resume, global_step, stop, total, validator)
+                if stop.requested:
+                    summary["signal"] = stop.reason  # what stopped it, for the CLI's message
             finally:
                 report.close()
         if validator is not None and summary["stopped"] != "interrupted" and summary["updates"] > global_step \

@@ -49,6 +49,7 @@ class TrainResult:
     stopped: str            # "finished", "max_steps" or "interrupted"
     resolved: ResolvedTraining
     pipe: object = None     # the pipeline whose transformer now carries the trained erasers
+    signal: str | None = None  # what stopped an interrupted run ("Ctrl-C" or "SIGTERM")
 
     @property
     def summary(self) -> dict:
@@ -61,7 +62,8 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     ``pipe``: an already loaded pipeline to train on instead of loading ``config.model_path`` (its
     transformer receives fresh erasers, which hold the trained weights afterwards; its text encoders are
     kept). Raises :class:`~receler.errors.UserError` for anything the user can fix. A run stopped by
-    Ctrl-C returns normally, with ``stopped == "interrupted"`` (the CLI turns that into exit code 130).
+    Ctrl-C or SIGTERM returns normally, with ``stopped == "interrupted"`` and ``signal`` naming it (the CLI turns that
+    into exit code 130).
     """
     family = family_of_pipeline(pipe) if pipe is not None else resolve_family(config.model_family, config.model_path)
     check_tracker(config.report_to)
@@ -117,7 +119,7 @@ def train(config: TrainConfig, pipe=None) -> TrainResult:
     finally:
         if folder is not None:
             folder.release()
-    return TrainResult(output_dir, summary["updates"], summary["stopped"], resolved, pipe)
+    return TrainResult(output_dir, summary["updates"], summary["stopped"], resolved, pipe, summary.get("signal"))
 
 
 def resume_checkpoint(config: TrainConfig) -> Path | None:
