@@ -637,6 +637,20 @@ def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_
     return loss, rec, kl, code
 
 
+def checkpoint_or_stop(what: str, done: int, total: int, stop, progress, state_file, save_state,
+                       checkpoint_every: int) -> None:
+    """After a training step: ``save_state(done)`` every ``checkpoint_every`` steps and when ``stop`` was requested
+    (with a ``state_file``), then, on a stop, end the run with :class:`RunInterrupted` saying where the state is."""
+    checkpoint_due = checkpoint_every > 0 and done % checkpoint_every == 0
+    if state_file is not None and (checkpoint_due or stop.requested):
+        save_state(done)
+    if stop.requested:
+        progress.close()
+        where = (f"its state is in {state_file}: rerun the same command with --resume to continue"
+                 if state_file is not None else "nothing was saved")
+        raise RunInterrupted(f"{what} stopped at step {done} of {total} ({stop.reason}); {where}")
+
+
 # Which flag sets each VAE phase's length (named when a saved phase does not fit the command).
 VAE_PHASE_STEPS_FLAG = {"frames": "--vae_image_steps", "clips": "--vae_steps", "finetune": "--vae_finetune_steps",
                         "robust": "--vae_robust_steps", "shape_code": "--vae_shape_code_steps"}
@@ -690,15 +704,8 @@ def run_vae_phase(vae, optimizer, generator, phase: str, steps: int, peak_lr: fl
             batch, labels = draw()
             running = vae_step(vae, optimizer, batch, args, generator, phase, step, steps, running, progress,
                                latent_noise=latent_noise, labels=labels)
-            checkpoint_due = args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0
-            if state_file is not None and (checkpoint_due or stop.requested):
-                save_state(step + 1)
-            if stop.requested:
-                progress.close()
-                where = (f"its state is in {state_file}: rerun the same command with --resume to continue"
-                         if state_file is not None else "nothing was saved")
-                raise RunInterrupted(f"the VAE's {phase} phase stopped at step {step + 1} of {steps} ({stop.reason}); "
-                                     f"{where}")
+            checkpoint_or_stop(f"the VAE's {phase} phase", step + 1, steps, stop, progress, state_file, save_state,
+                               args.checkpoint_every)
     return running
 
 
@@ -1045,14 +1052,8 @@ def train_transformer(
             if on_eval is not None and args.eval_every > 0 and (step + 1) % args.eval_every == 0:
                 history.append(on_eval(step + 1, (ema if ema is not None else transformer).eval()))
                 transformer.train()
-            checkpoint_due = args.checkpoint_every > 0 and (step + 1) % args.checkpoint_every == 0
-            if state_file is not None and (checkpoint_due or stop.requested):
-                save_state(step + 1)
-            if stop.requested:
-                progress.close()
-                where = (f"its state is in {state_file}: rerun the same command with --resume to continue"
-                         if state_file is not None else "nothing was saved")
-                raise RunInterrupted(f"the transformer stopped at step {step + 1} of {last} ({stop.reason}); {where}")
+            checkpoint_or_stop("the transformer", step + 1, last, stop, progress, state_file, save_state,
+                               args.checkpoint_every)
     transformer.eval()
     final = ema if ema is not None else transformer
     return final.eval().requires_grad_(False), {"final_loss": running, "final_v_loss": running_v,
