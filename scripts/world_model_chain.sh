@@ -17,8 +17,8 @@
 # did), then trains the robust phase (latent noise) on top.
 #
 # The chain is longer than a working session on a machine whose runs/ folder does not last. `save` keeps what the
-# chain needs to continue in SNAPSHOT_DIR, to be committed (about 12 MB: the VAE stage and the transformer's
-# averaged weights with the step and random stream; not Adam's moments, nor the latent caches, which are
+# chain needs to continue in SNAPSHOT_DIR, to be committed (about 7 MB: the VAE stage and the transformer's
+# averaged weights in float16 with the step and random stream; not Adam's moments, nor the latent caches, which are
 # re-encoded from the VAE in minutes); a later run with an empty STATE_DIR starts from that snapshot. Continuing
 # from a snapshot is not bit for bit the uninterrupted chain: the weights jump to their average and Adam restarts.
 set -euo pipefail
@@ -65,6 +65,10 @@ state = torch.load(sys.argv[1], weights_only=True)
 # The averaged weights (what the link would save now) stand for the trained ones too, and Adam's moments are left
 # out: a quarter of the size. The training script continues such a state with a fresh optimizer, re-warmed.
 weights = state["ema"] if state["ema"] is not None else state["transformer"]
+# Stored in float16, as the chain's saved models are: it halves what each committed snapshot adds to the
+# repository. The resumed run loads them into its float32 weights; the rounding moves the transformer's output by
+# about 0.03% (RMS, measured at step 11745).
+weights = {name: value.half() if value.is_floating_point() else value for name, value in weights.items()}
 torch.save({**state, "transformer": weights, "ema": weights, "optimizer": None}, sys.argv[2])
 PY
     rm -rf "$SNAPSHOT_DIR" && mv "$SNAPSHOT_DIR.tmp" "$SNAPSHOT_DIR"

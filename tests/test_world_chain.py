@@ -101,7 +101,8 @@ def fake_state(state_dir, step):
     (state_dir / "vae_stage" / "vae").mkdir(parents=True)
     (state_dir / "vae_stage" / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(os.urandom(1000))
     (state_dir / "vae_stage" / "phases.json").write_text('{"phases": ["frames", "clips", "finetune", "robust"]}')
-    torch.save({"step": step, "transformer": {"w": torch.randn(5)}, "ema": {"w": torch.randn(5)},
+    torch.save({"step": step, "transformer": {"w": torch.randn(5)},
+                "ema": {"w": torch.randn(5), "count": torch.tensor([70000], dtype=torch.int64)},
                 "optimizer": {"state": {0: {"exp_avg": torch.randn(5)}}}, "generator": torch.arange(3)},
                state_dir / "transformer_state.pt")
 
@@ -127,10 +128,14 @@ def test_a_saved_snapshot_continues_the_chain_where_it_stopped(tmp_path):
     for name in ("phases.json", "vae/diffusion_pytorch_model.safetensors"):
         original = tmp_path / "state" / "vae_stage" / name
         assert (tmp_path / "snapshot" / name).read_bytes() == original.read_bytes(), name
-    # The state is kept compact: the averaged weights for both, no optimizer, the step and random stream as they were.
+    # The state is kept compact: the averaged weights for both, rounded to float16; no optimizer; the step and random
+    # stream as they were.
     full = torch.load(tmp_path / "state" / "transformer_state.pt", weights_only=True)
     compact = torch.load(tmp_path / "snapshot" / "transformer_state.pt", weights_only=True)
-    assert torch.equal(compact["transformer"]["w"], full["ema"]["w"]) and torch.equal(compact["ema"]["w"], full["ema"]["w"])
+    rounded = full["ema"]["w"].to(torch.float16)
+    assert compact["transformer"]["w"].dtype == torch.float16 and torch.equal(compact["transformer"]["w"], rounded)
+    assert torch.equal(compact["ema"]["w"], rounded)
+    assert torch.equal(compact["ema"]["count"], full["ema"]["count"])  # integers are kept as they are
     assert compact["optimizer"] is None and compact["step"] == 9000 and torch.equal(compact["generator"], full["generator"])
     # Another session: runs/ is gone, the snapshot was committed.
     shutil.rmtree(tmp_path / "state")

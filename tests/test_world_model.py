@@ -527,7 +527,8 @@ def test_a_state_without_an_optimizer_continues_with_a_fresh_one_and_re_warms_th
     script.main(args + ["--output_dir", str(tmp_path / "half"), "--stop_after", "2"])
     state_file = tmp_path / "state" / "transformer_state.pt"
     state = torch.load(state_file, weights_only=True)
-    torch.save({**state, "transformer": state["ema"], "optimizer": None}, state_file)  # as the chain's snapshot
+    weights = {name: value.half() for name, value in state["ema"].items()}  # as the chain's snapshot keeps them
+    torch.save({**state, "transformer": weights, "ema": weights, "optimizer": None}, state_file)
     capsys.readouterr()
     script.main(args + ["--output_dir", str(tmp_path / "on"), "--resume", "--stop_after", "4"])
     log = capsys.readouterr().err
@@ -537,6 +538,11 @@ def test_a_state_without_an_optimizer_continues_with_a_fresh_one_and_re_warms_th
     assert "transformer step 3/6:" in log and "lr 5.00e-04" in log.split("transformer step 3/6:")[1].split("\n")[0]
     step4 = 1e-3 * (0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2)
     assert f"lr {step4:.2e}" in log.split("transformer step 4/6:")[1].split("\n")[0]
+    # The float16 weights were loaded into float32 ones, and training went on in float32.
+    continued = torch.load(state_file, weights_only=True)
+    assert continued["step"] == 4 and continued["optimizer"] is not None
+    for part in ("transformer", "ema"):
+        assert {value.dtype for value in continued[part].values()} == {torch.float32}, part
 
 
 def test_a_resume_in_another_world_geometry_encodes_its_own_latents(tmp_path):
