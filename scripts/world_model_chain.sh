@@ -10,11 +10,11 @@
 #   scripts/world_model_chain.sh save            # (the chain stopped) keep its state in SNAPSHOT_DIR
 #
 # Every link saves its model to OUT_DIR/<step>-<name> (evaluate or probe any of them). A link whose folder already
-# holds a model, or that the state has already trained past, is skipped and the running one resumes from
-# STATE_DIR, so rerunning the command after an interruption continues where it stopped. Stop it with Ctrl-C, or
-# `pkill -f train_world_model.py` when it runs in the background: the running link saves its state at the step it
-# finishes and exits 130, which ends the chain. The VAE starts from VAE_SOURCE's (the bundled model's, as the chain
-# did), then trains the robust phase (latent noise) on top.
+# holds a model, or that the state has already trained past, is skipped (one whose end the state is exactly at only
+# writes its model) and the running one resumes from STATE_DIR, so rerunning the command after an interruption
+# continues where it stopped. Stop it with Ctrl-C, or `pkill -f train_world_model.py` when it runs in the background:
+# the running link saves its state at the step it finishes and exits 130, which ends the chain. The VAE starts from
+# VAE_SOURCE's (the bundled model's, as the chain did), then trains the robust phase (latent noise) on top.
 #
 # The chain is longer than a working session on a machine whose runs/ folder does not last. `save` keeps what the
 # chain needs to continue in SNAPSHOT_DIR, to be committed (about 7 MB: the VAE stage and the transformer's
@@ -116,10 +116,12 @@ for link in "${LINKS[@]}"; do
     continue
   fi
   reached=$(state_step)
-  if [ "$reached" -ge "$steps" ]; then
+  if [ "$reached" -gt "$steps" ]; then
     echo "# $out: the state is at step $reached, past this link: skipped"
     continue
   fi
+  # A state that stopped exactly at this link's end (a snapshot of a finished link) trains no step: the run only
+  # evaluates and writes the link's model, which runs/ on another machine no longer has.
   # shellcheck disable=SC2086  # the flags are meant to split into words
   run "$PYTHON" scripts/train_world_model.py --output_dir "$out" --state_dir "$STATE_DIR" --resume \
     --vae_robust_steps 1500 --rotary_positions --transformer_steps "$steps" $flags \

@@ -153,6 +153,21 @@ def test_a_saved_snapshot_continues_the_chain_where_it_stopped(tmp_path):
     assert (restored / "vae_stage" / "text_encoder" / "config.json").is_file()  # the text encoder from VAE_SOURCE
 
 
+def test_a_snapshot_at_a_links_end_writes_that_links_model(tmp_path):
+    # A finished chain's snapshot (step 44000) on a machine without runs/: the last link is not skipped but run again,
+    # training no step, so that its model is written; every earlier link is past and skipped.
+    fake_state(tmp_path / "state", 44000)
+    assert chain(tmp_path, "save").returncode == 0
+    shutil.rmtree(tmp_path / "state")
+    result = chain(tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    trained = [parse_args(line.split()[2:]) for line in lines if line.startswith("trained: ")]
+    assert [args.transformer_steps for args in trained] == [44000]
+    assert trained[0].output_dir == f"{tmp_path}/out/44000-all" and trained[0].resume
+    assert sum("past this link: skipped" in line for line in lines) == 7
+
+
 def test_save_refuses_without_a_state_and_keeps_the_last_snapshot(tmp_path):
     (tmp_path / "snapshot").mkdir()
     (tmp_path / "snapshot" / "transformer_state.pt").write_bytes(b"last good")
