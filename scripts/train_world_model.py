@@ -266,6 +266,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="DDIM steps per rendered video.")
     ev.add_argument("--eval_prompts", type=int, default=None,
                     help="Evaluate only the first N of the 168 check prompts (default: all).")
+    ev.add_argument("--eval_seed_offset", type=int, default=0,
+                    help="Render each check prompt from its seed plus this (the same prompts from other noise: the "
+                         "spread of a score across seeds). The quick checks during training keep their seeds.")
     ev.add_argument("--skip_eval", action="store_true", help="Save the model without measuring it.")
     ev.add_argument("--evaluate_only", action="store_true",
                     help="Train nothing: measure the model already in --output_dir on the check prompts and write the "
@@ -1105,7 +1108,7 @@ ACCURACY_KEYS = ("color_accuracy", "shape_accuracy", "direction_accuracy", "back
 def evaluate(folder: Path, args) -> dict:
     """Render the check prompts with the reloaded model at each guidance scale and score them."""
     pipe = world_model.load_world_pipeline(folder, dtype=torch.float32, device=args.device)
-    prompts = world_model.check_prompts(quick=False)
+    prompts = world_model.check_prompts(quick=False, seed_offset=args.eval_seed_offset)
     if args.eval_prompts is not None:
         prompts = prompts[: args.eval_prompts]
     results = {}
@@ -1133,6 +1136,7 @@ def evaluate(folder: Path, args) -> dict:
             "width": world_model.WIDTH,
             "max_sequence_length": args.text_len,
             "generator": "CPU torch.Generator seeded with each prompt's seed",
+            "seed_offset": args.eval_seed_offset,
         },
         "by_guidance": results,
     }

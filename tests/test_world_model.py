@@ -167,6 +167,13 @@ def test_check_prompts_cover_every_attribute():
     assert len(world_model.check_prompts()) == 6 * 3 * 4 * 2 + 24
 
 
+def test_a_seed_offset_renders_the_same_prompts_from_other_seeds():
+    plain, shifted = world_model.check_prompts(), world_model.check_prompts(seed_offset=1000)
+    assert [item["prompt"] for item in shifted] == [item["prompt"] for item in plain]
+    assert [item["seed"] for item in plain] == list(range(20_000, 20_168))
+    assert [item["seed"] for item in shifted] == list(range(21_000, 21_168))
+
+
 def test_load_world_pipeline_names_the_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_world_model.py"):
         world_model.load_world_pipeline(tmp_path / "nothing")
@@ -252,9 +259,10 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path, 
 
     # --evaluate_only re-measures the saved model (here at another guidance) and keeps the rest of the summary.
     script.main(["--output_dir", str(folder), "--evaluate_only", "--eval_prompts", "2", "--eval_inference_steps", "2",
-                 "--eval_guidance", "2", "--state_dir", str(tmp_path / "no-state")])
+                 "--eval_guidance", "2", "--eval_seed_offset", "7", "--state_dir", str(tmp_path / "no-state")])
     remeasured = json.loads((folder / "training_summary.json").read_text())
     assert set(remeasured["evaluation"]["by_guidance"]) == {"2"}
+    assert remeasured["evaluation"]["render_settings"]["seed_offset"] == 7
     assert remeasured["transformer"] == written["transformer"] and remeasured["vae"] == written["vae"]
     result = remeasured["evaluation"]["by_guidance"]["2"]
     assert sum(result["shape_readings"].values()) == 2  # the first two check prompts have one shape each

@@ -196,10 +196,11 @@ def _prompt_text(item) -> str:
     return item["prompt"] if isinstance(item, dict) else item if isinstance(item, str) else item[0]
 
 
-def check_prompts(quick: bool = False) -> list[dict]:
+def check_prompts(quick: bool = False, seed_offset: int = 0) -> list[dict]:
     """The prompts the world model is validated on, each ``{"prompt", "seed"}``: every single-shape caption
     on both backgrounds (144; ``quick``: 29 of them covering every colour, shape, direction and background)
-    and 24 two-shape scenes (``quick``: 6)."""
+    and 24 two-shape scenes (``quick``: 6). ``seed_offset`` shifts every seed (the same prompts rendered from
+    other noise: how much of a score is the seeds')."""
     from receler.world.scenes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, Scene, ShapeSpec, sample_scene
 
     singles = [Scene((ShapeSpec(c, s, d),), b).caption()
@@ -208,7 +209,7 @@ def check_prompts(quick: bool = False) -> list[dict]:
     pairs = [sample_scene(rng, two_shape_prob=1.0).caption() for _ in range(24)]
     if quick:  # a stride coprime with the 4 directions and 3 shapes visits every combination of them
         singles, pairs = singles[::5], pairs[:6]
-    return [{"prompt": prompt, "seed": 20_000 + i} for i, prompt in enumerate(singles + pairs)]
+    return [{"prompt": prompt, "seed": 20_000 + seed_offset + i} for i, prompt in enumerate(singles + pairs)]
 
 
 def score_videos(videos, prompts) -> dict:
