@@ -1,0 +1,114 @@
+"""scripts/refine_world_decoder.py: only the decoder changes, its inputs are what the transformer hands it, and an
+interrupted refinement resumes to the weights of an uninterrupted one."""
+
+import importlib.util
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from receler.world import model as world_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "refine_world_decoder.py"
+SMALL = ["--model_dir", str(world_model.WORLD_MODEL_DIR), "--videos", "6", "--batch_size", "2", "--threads", "1",
+         "--check_videos", "0"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("refine_world_decoder", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def vae_tensors(folder: Path) -> dict:
+    return load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+
+
+def test_only_the_decoder_changes(tmp_path):
+    script = load_script()
+    record = script.main(SMALL + ["--output_dir", str(tmp_path / "refined"), "--steps", "2", "--check_videos", "3"])
+    before, after = vae_tensors(world_model.WORLD_MODEL_DIR), vae_tensors(tmp_path / "refined")
+    assert before.keys() == after.keys()
+    decoder = [name for name in before if name.startswith(("decoder.", "post_quant_conv."))]
+    others = [name for name in before if name not in decoder]
+    assert decoder and others
+    assert all(torch.equal(before[name], after[name]) for name in others)  # the encoder, bit for bit
+    assert sum(not torch.equal(before[name], after[name]) for name in decoder) > len(decoder) // 2
+    for part in ("transformer", "text_encoder"):  # copied unchanged
+        for file in (world_model.WORLD_MODEL_DIR / part).iterdir():
+            assert (tmp_path / "refined" / part / file.name).read_bytes() == file.read_bytes()
+    summary = (tmp_path / "refined" / "training_summary.json").read_text()
+    assert '"decoder_refinement"' in summary and '"evaluation"' not in summary  # the old scores are not carried over
+    assert record["settings"]["steps"] == 2 and record["final_loss"] > 0
+    for when in ("before", "after"):  # the VAE check read the reconstructions on both sides of the refinement
+        assert 0 <= record[f"reconstructions_{when}"]["shape_accuracy"] <= 1
+    assert not (tmp_path / "refined.state.pt").exists()  # a finished run leaves no state behind
+    world_model.load_world_pipeline(tmp_path / "refined")  # still a pipeline folder that loads offline
+
+
+def test_the_decoder_sees_true_latents_or_the_transformers_estimate():
+    script = load_script()
+    pipe = world_model.load_world_pipeline()
+    args = script.parse_args(SMALL + ["--output_dir", "unused"])
+    videos, latents, embeds = script.training_pool(pipe, args)
+    assert len(videos) == len(latents) == len(embeds) == 6
+    args.clean_share = 1.0
+    shown = script.decoder_inputs(pipe, latents, embeds, args, torch.Generator().manual_seed(0))
+    assert torch.equal(shown, latents)
+    # At t=0 the noise is ~1% of the signal: the estimate must be the latents, up to the transformer's small error.
+    args.clean_share, args.max_timestep = 0.0, 0
+    shown = script.decoder_inputs(pipe, latents, embeds, args, torch.Generator().manual_seed(0))
+    assert not torch.equal(shown, latents)
+    assert (shown - latents).pow(2).mean().sqrt() < 0.1 * latents.std()
+    # From t up to 999 the estimate is a guess: far further from the latents than at t=0.
+    args.max_timestep = 999
+    far = script.decoder_inputs(pipe, latents, embeds, args, torch.Generator().manual_seed(0))
+    assert (far - latents).pow(2).mean().sqrt() > 2 * (shown - latents).pow(2).mean().sqrt()
+
+
+def test_an_interrupted_refinement_resumes_to_the_same_decoder(tmp_path, monkeypatch):
+    script = load_script()
+    script.main(SMALL + ["--output_dir", str(tmp_path / "straight"), "--steps", "3"])
+
+    real_lr = script.cosine_lr
+
+    def stop_at_step_one(step, *rest, **kwargs):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # what pkill sends; the step still finishes
+        return real_lr(step, *rest, **kwargs)
+
+    monkeypatch.setattr(script, "cosine_lr", stop_at_step_one)
+    with pytest.raises(SystemExit) as stopped:
+        script.main(SMALL + ["--output_dir", str(tmp_path / "resumed"), "--steps", "3"])
+    assert stopped.value.code == 130
+    assert (tmp_path / "resumed.state.pt").is_file() and not (tmp_path / "resumed").exists()
+    assert torch.load(tmp_path / "resumed.state.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(script, "cosine_lr", real_lr)
+    with pytest.raises(SystemExit) as wrong:  # the saved state is of a 3-step run
+        script.main(SMALL + ["--output_dir", str(tmp_path / "resumed"), "--steps", "4"])
+    assert wrong.value.code == 2
+    script.main(SMALL + ["--output_dir", str(tmp_path / "resumed"), "--steps", "3"])
+    straight, resumed = vae_tensors(tmp_path / "straight"), vae_tensors(tmp_path / "resumed")
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
+def test_bad_folders_are_refused_with_the_fix(tmp_path, capsys):
+    script = load_script()
+    with pytest.raises(SystemExit) as missing:
+        script.main(["--model_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    assert missing.value.code == 2 and "not a world-model folder" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(SystemExit) as taken:
+        script.main(SMALL + ["--output_dir", str(tmp_path / "taken")])
+    assert taken.value.code == 2 and "choose a new folder" in capsys.readouterr().err
