@@ -38,6 +38,7 @@ from receler.io_utils import atomic_write, atomic_write_json  # noqa: E402
 from receler.stop_request import StopRequest  # noqa: E402
 from receler.world import make_dataset  # noqa: E402
 from receler.world import model as world_model  # noqa: E402
+from receler.world.probe import denoise_from, transformer_velocity  # noqa: E402
 from train_world_model import cosine_lr, foreground_weights, vae_check  # noqa: E402
 
 logger = logging.getLogger("refine_world_decoder")
@@ -59,9 +60,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="World videos in the training pool (drawn from --seed, other videos than the VAE's).")
     parser.add_argument("--max_timestep", type=int, default=200,
                         help="Each clip is noised to a timestep drawn uniformly from 0..this (of 1000) before the "
-                             "transformer estimates it; the last step of a 30-step generation decodes t=32.")
+                             "transformer estimates it (--inputs denoised: one of the sampler's timesteps up to "
+                             "this); the last step of a 30-step generation decodes t=32.")
+    parser.add_argument("--inputs", choices=("estimate", "denoised"), default="estimate",
+                        help="What the decoder is shown: the transformer's one-step estimate of the clean latents "
+                             "(estimate), or the end of the sampler's steps from that timestep on (denoised: what a "
+                             "generation decodes, a few transformer passes a clip).")
     parser.add_argument("--clean_share", type=float, default=0.25,
                         help="Share of clips decoded from their true latents instead, so reconstructions stay sharp.")
+    parser.add_argument("--loss", choices=("mse", "l1"), default="mse",
+                        help="Per-pixel error: mse (as the VAE was trained) or l1. Where the estimate leaves a "
+                             "corner in doubt, mse pays for drawing it half-filled (the mean of the two answers), l1 "
+                             "for the likelier answer (the median), so l1 may draw crisper corners.")
     parser.add_argument("--foreground_weight", type=float, default=9.0,
                         help="Extra loss weight on the shapes' pixels, as the VAE was trained.")
     parser.add_argument("--check_videos", type=int, default=96,
@@ -92,9 +102,19 @@ def decoder_parameters(vae) -> list:
     return [p for module in modules for p in module.parameters()]
 
 
+def decoder_loss(decoded: torch.Tensor, target: torch.Tensor, kind: str, foreground_weight: float) -> torch.Tensor:
+    """Per-pixel squared (``mse``) or absolute (``l1``) error, weighted ``1 + foreground_weight`` on the shapes'
+    pixels as the VAE's own loss is, over the mean weight (so the loss keeps its scale)."""
+    weights = foreground_weights(target, foreground_weight)
+    error = (decoded - target).abs() if kind == "l1" else (decoded - target) ** 2
+    return (error * weights).mean() / weights.mean()
+
+
 def decoder_inputs(pipe, latents: torch.Tensor, embeds: torch.Tensor, args, generator: torch.Generator):
-    """The latents the decoder is shown (scaled, ``[B, F_latent, C, h, w]``): the transformer's one-step estimate
-    from a random timestep in 0..``--max_timestep``, or the true latents for a ``--clean_share`` of the clips."""
+    """The latents the decoder is shown (scaled, ``[B, F_latent, C, h, w]``), or the true latents for a
+    ``--clean_share`` of the clips. ``--inputs estimate``: the transformer's one-step estimate from a random timestep
+    in 0..``--max_timestep``; ``denoised``: the end of the sampler's own steps (30, guidance 1), started from the
+    latents noised to a random one of its timesteps up to ``--max_timestep``."""
     count = len(latents)
     timesteps = torch.randint(0, args.max_timestep + 1, (count,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator)
@@ -102,11 +122,16 @@ def decoder_inputs(pipe, latents: torch.Tensor, embeds: torch.Tensor, args, gene
     device = pipe.transformer.device
     latents, noise, embeds, timesteps = (x.to(device) for x in (latents, noise, embeds, timesteps))
     with torch.no_grad():
-        noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
-        rotary = world_model.rotary_embedding(pipe, latents.shape, device)
-        velocity = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, timestep=timesteps,
-                                    image_rotary_emb=rotary, return_dict=False)[0]
-        estimate = world_model.clean_from_velocity(pipe.scheduler, noisy, velocity, timesteps)
+        if args.inputs == "denoised":
+            pipe.scheduler.set_timesteps(world_model.NUM_INFERENCE_STEPS)
+            schedule = [int(t) for t in pipe.scheduler.timesteps]
+            starts = [i for i, t in enumerate(schedule) if t <= args.max_timestep] or [len(schedule) - 1]
+            start = starts[int(torch.randint(len(starts), (1,), generator=generator))]
+            estimate = denoise_from(pipe, latents, embeds, start, noise)
+        else:
+            noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+            velocity = transformer_velocity(pipe, noisy, embeds, timesteps)
+            estimate = world_model.clean_from_velocity(pipe.scheduler, noisy, velocity, timesteps)
     keep = clean.to(device).view(-1, 1, 1, 1, 1)
     return torch.where(keep, latents, estimate)
 
@@ -167,8 +192,7 @@ def refine(pipe, args, state_file: Path) -> dict:
             inputs = decoder_inputs(pipe, latents[index], embeds[index], args, generator)
             target = world_model.to_model_video(videos[index.numpy()]).to(vae.device)
             decoded = vae.decode((inputs / vae.config.scaling_factor).permute(0, 2, 1, 3, 4)).sample
-            weights = foreground_weights(target, args.foreground_weight)
-            loss = ((decoded - target) ** 2 * weights).mean() / weights.mean()
+            loss = decoder_loss(decoded, target, args.loss, args.foreground_weight)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"decoder loss is not finite at step {step}; lower --lr")
             optimizer.zero_grad(set_to_none=True)

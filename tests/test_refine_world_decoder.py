@@ -77,6 +77,35 @@ def test_the_decoder_sees_true_latents_or_the_transformers_estimate():
     assert (far - latents).pow(2).mean().sqrt() > 2 * (shown - latents).pow(2).mean().sqrt()
 
 
+def test_denoised_inputs_end_where_the_sampler_ends():
+    script = load_script()
+    pipe = world_model.load_world_pipeline()
+    args = script.parse_args(SMALL + ["--output_dir", "unused", "--inputs", "denoised", "--clean_share", "0"])
+    _, latents, embeds = script.training_pool(pipe, args)
+    pipe.scheduler.set_timesteps(world_model.NUM_INFERENCE_STEPS)
+    last = int(pipe.scheduler.timesteps[-1])
+    # Only the sampler's last step is at or below max_timestep 0, and the last DDIM step (alpha set to one) lands on
+    # the transformer's estimate of the clean latents: the same as a one-step estimate from that timestep.
+    args.max_timestep = 0
+    shown = script.decoder_inputs(pipe, latents, embeds, args, torch.Generator().manual_seed(0))
+    draws = torch.Generator().manual_seed(0)
+    torch.randint(0, 1, (len(latents),), generator=draws)  # the timesteps the estimate mode would use
+    noise = torch.randn(latents.shape, generator=draws)
+    t = torch.full((len(latents),), last)
+    noisy = pipe.scheduler.add_noise(latents, noise, t)
+    with torch.no_grad():
+        velocity = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, timestep=t,
+                                    image_rotary_emb=world_model.rotary_embedding(pipe, latents.shape, "cpu"),
+                                    return_dict=False)[0]
+    alpha = pipe.scheduler.alphas_cumprod[last]
+    expected = alpha.sqrt() * noisy - (1 - alpha).sqrt() * velocity  # x0 from a v-prediction
+    torch.testing.assert_close(shown, expected, rtol=1e-4, atol=1e-4)
+    # With timesteps up to 400 eligible, the draw starts the sampler earlier: several steps, another result.
+    args.max_timestep = 400
+    longer = script.decoder_inputs(pipe, latents, embeds, args, torch.Generator().manual_seed(0))
+    assert not torch.allclose(longer, shown)
+
+
 def test_an_interrupted_refinement_resumes_to_the_same_decoder(tmp_path, monkeypatch):
     script = load_script()
     script.main(SMALL + ["--output_dir", str(tmp_path / "straight"), "--steps", "3"])
@@ -112,3 +141,18 @@ def test_bad_folders_are_refused_with_the_fix(tmp_path, capsys):
     with pytest.raises(SystemExit) as taken:
         script.main(SMALL + ["--output_dir", str(tmp_path / "taken")])
     assert taken.value.code == 2 and "choose a new folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1"])
+def test_the_loss_weights_the_shapes_pixels(kind):
+    script = load_script()
+    # One 1-frame, 2x2 clip on a black background (-1) with one white pixel, the shape (bottom right: the world
+    # reads the background at the top left), decoded 0.5 off everywhere but on the shape pixel, 1.0 off.
+    target = -torch.ones(1, 3, 1, 2, 2)
+    target[..., 1, 1] = 1.0
+    decoded = target + 0.5
+    decoded[..., 1, 1] = 0.0
+    errors = {"mse": (1.0, 0.25), "l1": (1.0, 0.5)}[kind]  # (shape pixel, each background pixel)
+    weight = 1 + 9.0  # the shape pixel's weight; background pixels weigh 1
+    expected = (weight * errors[0] + 3 * errors[1]) / (weight + 3)
+    assert script.decoder_loss(decoded, target, kind, 9.0).item() == pytest.approx(expected)
