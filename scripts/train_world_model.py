@@ -1123,6 +1123,8 @@ def evaluate(folder: Path, args) -> dict:
             "color_accuracy_per_color": scores["per_color"],
             "shape_accuracy_per_shape": scores["per_shape"],
             "shape_readings": scores["shape_readings"],
+            "fill_ratio_quartiles_per_shape": {shape: [round(float(q), 3) for q in np.percentile(fills, [25, 50, 75])]
+                                               for shape, fills in sorted(scores["fill_ratios"].items())},
             "seconds": round(time.perf_counter() - start, 1),
         }
         logger.info("guidance %g: %s (%d prompts, %.0f s); %s", guidance, _accuracies(scores), len(prompts),
@@ -1158,7 +1160,8 @@ def _shape_split(scores: dict) -> str:
     """Shape accuracy by prompted shape and what the classifier read, e.g. to spot one blob read as a circle."""
     accuracy = " / ".join(f"{shape} {value:.3f}" for shape, value in sorted(scores["per_shape"].items()))
     readings = " / ".join(f"{shape} {count}" for shape, count in sorted(scores["shape_readings"].items()))
-    return f"shape by prompted shape: {accuracy}; shapes read: {readings}"
+    fills = " / ".join(f"{shape} {np.median(values):.3f}" for shape, values in sorted(scores["fill_ratios"].items()))
+    return f"shape by prompted shape: {accuracy}; shapes read: {readings}; median fill ratio: {fills}"
 
 
 def _accuracies(scores: dict) -> str:

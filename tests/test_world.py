@@ -416,6 +416,40 @@ def test_each_shape_of_a_two_shape_video_is_read_on_its_own():
     assert hits / total >= 0.95
 
 
+@pytest.mark.parametrize("radius", [0, 4, 6, 7, 9])
+def test_fill_ratio_of_a_square_with_rounded_corners(radius):
+    """A 24 px red square on gray, its corners rounded to ``radius``: the fill ratio is the drawn pixels over the
+    24 x 24 box they span, and the shape is read as a square only while that stays above the boundary."""
+    from receler.world.classify import CIRCLE_SQUARE_BOUNDARY, video_fill_ratio
+
+    frame = np.full((64, 64, 3), BACKGROUNDS["gray"], dtype=np.uint8)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    first, last, r = 20, 43, radius  # pixels 20..43: 24 px a side
+    cv2.rectangle(mask, (first + r, first), (last - r, last), 1, thickness=-1)
+    cv2.rectangle(mask, (first, first + r), (last, last - r), 1, thickness=-1)
+    if r:
+        for cy in (first + r, last - r):
+            for cx in (first + r, last - r):
+                cv2.circle(mask, (cx, cy), r, 1, thickness=-1)
+    frame[mask == 1] = COLORS["red"]
+    expected = mask.sum() / 24**2
+    fill = video_fill_ratio(np.stack([frame] * 9))
+    assert fill == pytest.approx(expected, abs=0.01)
+    assert (classify_video(np.stack([frame] * 9)).shape == "square") == (expected >= CIRCLE_SQUARE_BOUNDARY)
+
+
+def test_fill_ratios_of_ground_truth_shapes_sit_where_the_boundaries_expect(ground_truth_videos):
+    from receler.world.classify import CIRCLE_SQUARE_BOUNDARY, TRIANGLE_CIRCLE_BOUNDARY, video_fill_ratio
+
+    for scene, video in ground_truth_videos[:48]:
+        fill = video_fill_ratio(video)
+        shape = scene.shapes[0].shape
+        low, high = {"square": (CIRCLE_SQUARE_BOUNDARY, 1.0), "circle": (TRIANGLE_CIRCLE_BOUNDARY, CIRCLE_SQUARE_BOUNDARY),
+                     "triangle": (0.45, 0.7)}[shape]
+        assert low <= fill <= high, (shape, fill)
+    assert video_fill_ratio(np.full((9, 64, 64, 3), 128, dtype=np.uint8)) is None  # nothing drawn
+
+
 def test_a_shape_that_does_not_move_has_no_direction():
     still = np.stack([render_video(Scene((ShapeSpec("red", "square", "left"),), "gray"), seed=2)[0]] * 9)
     label = classify_video(still)

@@ -138,6 +138,9 @@ def test_score_videos_counts_colour_shape_direction_and_background_hits():
     assert scores["per_color"] == {"red": 0.5}  # both prompts ask for red
     assert scores["per_shape"] == {"circle": 1.0, "square": 1.0}
     assert scores["shape_readings"] == {"circle": 1, "square": 1}
+    # Fill ratios by prompted shape (the ground-truth circle ~pi/4 of its box, the square nearly all of it).
+    assert scores["fill_ratios"]["circle"][0] == pytest.approx(np.pi / 4, abs=0.05)
+    assert scores["fill_ratios"]["square"][0] > 0.95
     # A square asked for as a circle: a miss on circles, read as a square.
     misread = world_model.score_videos([blue_square], ["a blue circle moving up on a gray background"])
     assert misread["per_shape"] == {"circle": 0.0} and misread["shape_readings"] == {"square": 1}
@@ -267,6 +270,8 @@ def test_training_script_runs_every_stage_and_saves_a_loadable_folder(tmp_path, 
     result = remeasured["evaluation"]["by_guidance"]["2"]
     assert sum(result["shape_readings"].values()) == 2  # the first two check prompts have one shape each
     assert set(result["shape_accuracy_per_shape"]) <= {"circle", "square", "triangle"}
+    for quartiles in result["fill_ratio_quartiles_per_shape"].values():  # one list per prompted shape drawn
+        assert len(quartiles) == 3 and quartiles == sorted(quartiles)
     assert not (tmp_path / "no-state").exists()  # it trains nothing, so it makes no state folder
     with pytest.raises(SystemExit) as refused:
         script.main(["--output_dir", str(tmp_path / "state"), "--evaluate_only"])

@@ -214,7 +214,8 @@ def _object_blob(analysis: _Analysis, color: str | None) -> np.ndarray | None:
     return labels == best
 
 
-def _shape_of_blob(distance: np.ndarray, blob: np.ndarray | None) -> str | None:
+def _core_features(distance: np.ndarray, blob: np.ndarray | None) -> tuple[float, float] | None:
+    """(fill ratio, bottom share) of the blob's core, the outline the shape is read from; None without one."""
     if blob is None:
         return None
     # Blur widens a shape at the fixed threshold and rounds it; cutting at half its own
@@ -223,9 +224,14 @@ def _shape_of_blob(distance: np.ndarray, blob: np.ndarray | None) -> str | None:
     smooth_distance = cv2.GaussianBlur(distance, (0, 0), SHAPE_SMOOTHING_SIGMA)
     half_contrast = 0.5 * float(np.percentile(smooth_distance[blob], 90))
     core, _ = _largest_component(blob & (smooth_distance > half_contrast))
-    if core is None:
+    return None if core is None else _shape_features(core)
+
+
+def _shape_of_blob(distance: np.ndarray, blob: np.ndarray | None) -> str | None:
+    features = _core_features(distance, blob)
+    if features is None:
         return None
-    fill, bottom_share = _shape_features(core)
+    fill, bottom_share = features
     # Blur cuts off a triangle's apex and corners, which raises its fill ratio towards a
     # circle's; that its area sits mostly in the bottom half (it points up) survives blur.
     if fill < TRIANGLE_CIRCLE_BOUNDARY or bottom_share >= TRIANGLE_MIN_BOTTOM_SHARE:
@@ -233,6 +239,19 @@ def _shape_of_blob(distance: np.ndarray, blob: np.ndarray | None) -> str | None:
     if fill >= CIRCLE_SQUARE_BOUNDARY:
         return "square"
     return "circle"
+
+
+def video_fill_ratio(frames: np.ndarray) -> float | None:
+    """Median over the frames of the largest blob's fill ratio, the number its shape is read from (square ~1.0,
+    circle ~0.8, triangle ~0.5; squares from ``CIRCLE_SQUARE_BOUNDARY`` up): how close a drawn shape came to being
+    read as another. None when no frame shows a shape."""
+    fills = []
+    for frame in _check_video(frames):
+        analysis = _analyse(frame)
+        features = _core_features(analysis.distance, _object_blob(analysis, None))
+        if features is not None:
+            fills.append(features[0])
+    return float(np.median(fills)) if fills else None
 
 
 def frame_color_fractions(frame: np.ndarray) -> dict[str, float]:

@@ -221,10 +221,11 @@ def score_videos(videos, prompts) -> dict:
     ``per_color`` splits the colour accuracy by prompted colour and ``per_shape`` the shape accuracy by
     prompted shape; ``shape_readings`` counts the shapes the classifier read in single-shape videos (a model
     that draws one blob everywhere scores a third on shape, all of it on the shape the blob reads as, and
-    these two show it). Each shape of a two-shape video counts for ``two_shape_accuracy`` when an object of
+    these two show it); ``fill_ratios`` lists each single-shape video's fill ratio by prompted shape (see
+    :func:`~receler.world.classify.video_fill_ratio`: how near a missed shape came to being read right). Each shape of a two-shape video counts for ``two_shape_accuracy`` when an object of
     its colour is shown with its shape and direction. ``labels`` holds one ``(color, shape)`` reading per video.
     """
-    from receler.world.classify import describe_object, video_shows_color
+    from receler.world.classify import describe_object, video_fill_ratio, video_shows_color
 
     videos, prompts = list(videos), list(prompts)
     if len(videos) != len(prompts):
@@ -232,7 +233,7 @@ def score_videos(videos, prompts) -> dict:
     if not videos:
         raise ValueError("no videos to score")
     hits = {"color": [], "shape": [], "direction": [], "background": []}
-    per_color, per_shape, shape_readings, two_shape, labels = {}, {}, {}, [], []
+    per_color, per_shape, shape_readings, fill_ratios, two_shape, labels = {}, {}, {}, {}, [], []
     for video, prompt in zip(videos, prompts):
         scene = scene_from_caption(_prompt_text(prompt))
         label = classify_video(video)
@@ -250,6 +251,9 @@ def score_videos(videos, prompts) -> dict:
         per_color.setdefault(wanted.color, []).append(label.color == wanted.color)
         per_shape.setdefault(wanted.shape, []).append(label.shape == wanted.shape)
         read = label.shape or "none"  # None: no shape found
+        fill = video_fill_ratio(video)
+        if fill is not None:
+            fill_ratios.setdefault(wanted.shape, []).append(fill)
         shape_readings[read] = shape_readings.get(read, 0) + 1
 
     def rate(values):
@@ -260,6 +264,7 @@ def score_videos(videos, prompts) -> dict:
         "per_color": {color: rate(values) for color, values in per_color.items()},
         "per_shape": {shape: rate(values) for shape, values in per_shape.items()},
         "shape_readings": shape_readings,
+        "fill_ratios": fill_ratios,
         "two_shape_accuracy": rate(two_shape),
         "labels": labels,
     }
