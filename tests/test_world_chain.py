@@ -41,6 +41,11 @@ def dry_run(tmp_path, **env):
     return result.stdout.splitlines()
 
 
+def is_link(line):
+    """A training run of the chain (not the refined model's evaluation)."""
+    return "scripts/train_world_model.py" in line and "--evaluate_only" not in line
+
+
 def training_args(line):
     words = shlex.split(line)
     return words[words.index("scripts/train_world_model.py") + 1:]
@@ -63,7 +68,7 @@ def comparable(namespace):
 
 
 def test_each_link_is_the_documented_run(tmp_path):
-    links = [line for line in dry_run(tmp_path) if "scripts/train_world_model.py" in line]
+    links = [line for line in dry_run(tmp_path) if is_link(line)]
     assert len(links) == len(DOCUMENTED_RUNS)
     for link, run in zip(links, DOCUMENTED_RUNS):
         ours = parse_args(training_args(link))
@@ -89,12 +94,48 @@ def test_a_link_whose_model_exists_is_skipped(tmp_path):
     done.mkdir(parents=True)
     (done / "training_summary.json").write_text("{}")
     lines = dry_run(tmp_path, DEVICE="cuda", THREADS="2")
-    links = [line for line in lines if "scripts/train_world_model.py" in line]
+    links = [line for line in lines if is_link(line)]
     assert f"# {done} holds a model: skipped" in lines
     assert len(links) == len(DOCUMENTED_RUNS) - 1
     # (parsed by hand: the training script refuses --device cuda on a machine without one)
-    assert all(" --device cuda " in link and " --threads 2 " in link for link in links)
-    assert lines[-1] == f"# the chain's model: {tmp_path}/out/44000-all"
+    runs = [line for line in lines if line.startswith("python ")]
+    assert len(runs) == len(links) + 2  # and the decoder's refinement, then its evaluation
+    assert all(line.endswith(" --device cuda") or " --device cuda " in line for line in runs)
+    assert all(" --threads 2 " in line for line in runs)
+    assert lines[-1] == f"# the chain's model: {tmp_path}/out/44000-all-refined"
+    # A refined model that exists is not refined again.
+    (tmp_path / "out" / "44000-all-refined").mkdir(parents=True)
+    (tmp_path / "out" / "44000-all-refined" / "training_summary.json").write_text("{}")
+    assert not any("refine_world_decoder.py" in line for line in dry_run(tmp_path))
+
+
+def test_the_decoder_refinement_is_the_documented_one(tmp_path):
+    lines = dry_run(tmp_path)
+    refine = next(line for line in lines if "scripts/refine_world_decoder.py" in line)
+    evaluate = next(line for line in lines if "--evaluate_only" in line)
+    spec = importlib.util.spec_from_file_location("refine_world_decoder", ROOT / "scripts" / "refine_world_decoder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def refine_args(line):
+        words = shlex.split(line)
+        return module.parse_args(words[words.index("scripts/refine_world_decoder.py") + 1:])
+
+    ours = refine_args(refine)
+    documented = next(line for line in DOCS.read_text().splitlines()
+                      if "scripts/refine_world_decoder.py" in line and "--model_dir runs/world-chain/44000-all " in line)
+    command = documented
+    following = DOCS.read_text().splitlines()
+    index = following.index(documented)
+    while command.endswith("\\"):
+        index += 1
+        command = command[:-1] + " " + following[index].strip()
+    theirs = refine_args(command)
+    places = {"model_dir", "output_dir", "device", "threads"}
+    assert {k: v for k, v in vars(ours).items() if k not in places} == \
+        {k: v for k, v in vars(theirs).items() if k not in places}
+    assert ours.model_dir == f"{tmp_path}/out/44000-all" and ours.output_dir == f"{tmp_path}/out/44000-all-refined"
+    assert training_args(evaluate)[:2] == ["--output_dir", ours.output_dir]  # the refined model is what is scored
 
 
 def fake_state(state_dir, step):
@@ -142,7 +183,7 @@ def test_a_saved_snapshot_continues_the_chain_where_it_stopped(tmp_path):
     result = chain(tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    trained = [line for line in lines if line.startswith("trained: ")]
+    trained = [line for line in lines if line.startswith("trained: ") and is_link(line)]
     # 5000 and 7500 are behind step 9000; the link to 14000 continues from it, and the rest follow.
     assert [parse_args(line.split()[2:]).transformer_steps for line in trained] == [
         14000, 20000, 26000, 32000, 38000, 44000]
@@ -162,7 +203,7 @@ def test_a_snapshot_at_a_links_end_writes_that_links_model(tmp_path):
     result = chain(tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    trained = [parse_args(line.split()[2:]) for line in lines if line.startswith("trained: ")]
+    trained = [parse_args(line.split()[2:]) for line in lines if line.startswith("trained: ") and is_link(line)]
     assert [args.transformer_steps for args in trained] == [44000]
     assert trained[0].output_dir == f"{tmp_path}/out/44000-all" and trained[0].resume
     assert sum("past this link: skipped" in line for line in lines) == 7
