@@ -253,6 +253,7 @@ def main(argv=None) -> dict:
                         "training_summary.json needed); train one with scripts/train_world_model.py")
     if output_dir.exists():
         raise UserError(f"--output_dir {output_dir} exists; choose a new folder (the refined model is a copy)")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)  # the state is saved beside the folder
     state_file = Path(args.state_file) if args.state_file else output_dir.parent / f"{output_dir.name}.state.pt"
     torch.manual_seed(args.seed)
     pipe = world_model.load_world_pipeline(model_dir, dtype=torch.float32, device=args.device)

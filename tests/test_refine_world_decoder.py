@@ -37,8 +37,9 @@ def vae_tensors(folder: Path) -> dict:
 
 def test_only_the_decoder_changes(tmp_path):
     script = load_script()
-    record = script.main(SMALL + ["--output_dir", str(tmp_path / "refined"), "--steps", "2", "--check_videos", "3"])
-    before, after = vae_tensors(world_model.WORLD_MODEL_DIR), vae_tensors(tmp_path / "refined")
+    folder = tmp_path / "new" / "refined"  # its parent is made too
+    record = script.main(SMALL + ["--output_dir", str(folder), "--steps", "2", "--check_videos", "3"])
+    before, after = vae_tensors(world_model.WORLD_MODEL_DIR), vae_tensors(folder)
     assert before.keys() == after.keys()
     decoder = [name for name in before if name.startswith(("decoder.", "post_quant_conv."))]
     others = [name for name in before if name not in decoder]
@@ -47,14 +48,14 @@ def test_only_the_decoder_changes(tmp_path):
     assert sum(not torch.equal(before[name], after[name]) for name in decoder) > len(decoder) // 2
     for part in ("transformer", "text_encoder"):  # copied unchanged
         for file in (world_model.WORLD_MODEL_DIR / part).iterdir():
-            assert (tmp_path / "refined" / part / file.name).read_bytes() == file.read_bytes()
-    summary = (tmp_path / "refined" / "training_summary.json").read_text()
+            assert (folder / part / file.name).read_bytes() == file.read_bytes()
+    summary = (folder / "training_summary.json").read_text()
     assert '"decoder_refinement"' in summary and '"evaluation"' not in summary  # the old scores are not carried over
     assert record["settings"]["steps"] == 2 and record["final_loss"] > 0
     for when in ("before", "after"):  # the VAE check read the reconstructions on both sides of the refinement
         assert 0 <= record[f"reconstructions_{when}"]["shape_accuracy"] <= 1
-    assert not (tmp_path / "refined.state.pt").exists()  # a finished run leaves no state behind
-    world_model.load_world_pipeline(tmp_path / "refined")  # still a pipeline folder that loads offline
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["refined"]  # no state or staging folder left behind
+    world_model.load_world_pipeline(folder)  # still a pipeline folder that loads offline
 
 
 def test_the_decoder_sees_true_latents_or_the_transformers_estimate():
