@@ -83,11 +83,13 @@ PALETTE_HUES = _hue_and_chroma(np.array([COLORS[name] for name in COLOR_NAMES], 
 
 @dataclass(frozen=True)
 class FrameLabel:
-    """What one frame shows: dominant colour, shape of the largest blob, share of foreground pixels."""
+    """What one frame shows: dominant colour, shape of the largest blob, share of foreground pixels, and the fill
+    ratio the shape was read from (None without a shape)."""
 
     color: str | None
     shape: str | None
     foreground_fraction: float
+    fill_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,14 @@ class VideoLabel:
     direction: str | None = None
     background: str | None = None
     area: float = 0.0
+
+    @property
+    def fill_ratio(self) -> float | None:
+        """Median over the frames of the largest blob's fill ratio, the number its shape is read from (square ~1.0,
+        circle ~0.8, triangle ~0.5; squares from ``CIRCLE_SQUARE_BOUNDARY`` up): how close a drawn shape came to
+        being read as another. None when no frame shows a shape."""
+        fills = [label.fill_ratio for label in self.per_frame if label.fill_ratio is not None]
+        return float(np.median(fills)) if fills else None
 
 
 @dataclass(frozen=True)
@@ -227,8 +237,7 @@ def _core_features(distance: np.ndarray, blob: np.ndarray | None) -> tuple[float
     return None if core is None else _shape_features(core)
 
 
-def _shape_of_blob(distance: np.ndarray, blob: np.ndarray | None) -> str | None:
-    features = _core_features(distance, blob)
+def _shape_from_features(features: tuple[float, float] | None) -> str | None:
     if features is None:
         return None
     fill, bottom_share = features
@@ -241,17 +250,13 @@ def _shape_of_blob(distance: np.ndarray, blob: np.ndarray | None) -> str | None:
     return "circle"
 
 
+def _shape_of_blob(distance: np.ndarray, blob: np.ndarray | None) -> str | None:
+    return _shape_from_features(_core_features(distance, blob))
+
+
 def video_fill_ratio(frames: np.ndarray) -> float | None:
-    """Median over the frames of the largest blob's fill ratio, the number its shape is read from (square ~1.0,
-    circle ~0.8, triangle ~0.5; squares from ``CIRCLE_SQUARE_BOUNDARY`` up): how close a drawn shape came to being
-    read as another. None when no frame shows a shape."""
-    fills = []
-    for frame in _check_video(frames):
-        analysis = _analyse(frame)
-        features = _core_features(analysis.distance, _object_blob(analysis, None))
-        if features is not None:
-            fills.append(features[0])
-    return float(np.median(fills)) if fills else None
+    """The fill ratio a video's shape is read from (:attr:`VideoLabel.fill_ratio`)."""
+    return classify_video(frames).fill_ratio
 
 
 def frame_color_fractions(frame: np.ndarray) -> dict[str, float]:
@@ -279,7 +284,9 @@ def _label_frame(analysis: _Analysis) -> FrameLabel:
     fractions = _fractions(analysis)
     best = max(COLOR_NAMES, key=lambda name: fractions[name])  # ties: palette order
     color = best if fractions[best] >= MIN_DOMINANT_COLOR_FRACTION else None
-    return FrameLabel(color, _shape_of_blob(analysis.distance, _object_blob(analysis, None)), foreground_fraction)
+    features = _core_features(analysis.distance, _object_blob(analysis, None))
+    return FrameLabel(color, _shape_from_features(features), foreground_fraction,
+                      None if features is None else features[0])
 
 
 def _majority(labels: list, order: tuple[str, ...]) -> str | None:

@@ -222,10 +222,11 @@ def score_videos(videos, prompts) -> dict:
     prompted shape; ``shape_readings`` counts the shapes the classifier read in single-shape videos (a model
     that draws one blob everywhere scores a third on shape, all of it on the shape the blob reads as, and
     these two show it); ``fill_ratios`` lists each single-shape video's fill ratio by prompted shape (see
-    :func:`~receler.world.classify.video_fill_ratio`: how near a missed shape came to being read right). Each shape of a two-shape video counts for ``two_shape_accuracy`` when an object of
-    its colour is shown with its shape and direction. ``labels`` holds one ``(color, shape)`` reading per video.
+    :attr:`~receler.world.classify.VideoLabel.fill_ratio`: how near a missed shape came to being read right).
+    Each shape of a two-shape video counts for ``two_shape_accuracy`` when an object of its colour is shown with
+    its shape and direction. ``labels`` holds one ``(color, shape)`` reading per video.
     """
-    from receler.world.classify import describe_object, video_fill_ratio, video_shows_color
+    from receler.world.classify import describe_object, video_shows_color
 
     videos, prompts = list(videos), list(prompts)
     if len(videos) != len(prompts):
@@ -251,9 +252,8 @@ def score_videos(videos, prompts) -> dict:
         per_color.setdefault(wanted.color, []).append(label.color == wanted.color)
         per_shape.setdefault(wanted.shape, []).append(label.shape == wanted.shape)
         read = label.shape or "none"  # None: no shape found
-        fill = video_fill_ratio(video)
-        if fill is not None:
-            fill_ratios.setdefault(wanted.shape, []).append(fill)
+        if label.fill_ratio is not None:  # read from the same frames as the shape, not analysed again
+            fill_ratios.setdefault(wanted.shape, []).append(label.fill_ratio)
         shape_readings[read] = shape_readings.get(read, 0) + 1
 
     def rate(values):
