@@ -33,13 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the world-model trainer's schedule and loss weights
 
-from receler.errors import RunInterrupted, UserError, cli_entry, setup_logging  # noqa: E402
+from receler.errors import UserError, cli_entry, setup_logging  # noqa: E402
 from receler.io_utils import atomic_write, atomic_write_json  # noqa: E402
 from receler.stop_request import StopRequest  # noqa: E402
 from receler.world import make_dataset  # noqa: E402
 from receler.world import model as world_model  # noqa: E402
 from receler.world.probe import denoise_from, transformer_velocity  # noqa: E402
-from train_world_model import cosine_lr, foreground_weights, vae_check  # noqa: E402
+from train_world_model import checkpoint_or_stop, cosine_lr, foreground_weights, vae_check  # noqa: E402
 
 logger = logging.getLogger("refine_world_decoder")
 
@@ -204,12 +204,8 @@ def refine(pipe, args, state_file: Path) -> dict:
             done = step + 1
             if done % args.log_every == 0 or done == args.steps:
                 logger.info("step %d/%d: weighted reconstruction %.4f (running)", done, args.steps, running)
-            if (args.checkpoint_every > 0 and done % args.checkpoint_every == 0) or stop.requested:
-                save_state(done)
-            if stop.requested:
-                progress.close()
-                raise RunInterrupted(f"the refinement stopped at step {done} of {args.steps} ({stop.reason}); its "
-                                     f"state is in {state_file}: rerun the same command to continue")
+            checkpoint_or_stop("the refinement", done, args.steps, stop, progress, state_file, save_state,
+                               args.checkpoint_every, to_continue="rerun the same command")
     vae.eval().requires_grad_(False)
     return {"final_loss": running, "pool_seconds": round(pool_seconds, 1),
             "train_seconds": round(time.perf_counter() - start - pool_seconds, 1)}

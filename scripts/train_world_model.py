@@ -641,15 +641,16 @@ def vae_loss(vae, video: torch.Tensor, args, generator: torch.Generator, latent_
 
 
 def checkpoint_or_stop(what: str, done: int, total: int, stop, progress, state_file, save_state,
-                       checkpoint_every: int) -> None:
+                       checkpoint_every: int, to_continue: str = "rerun the same command with --resume") -> None:
     """After a training step: ``save_state(done)`` every ``checkpoint_every`` steps and when ``stop`` was requested
-    (with a ``state_file``), then, on a stop, end the run with :class:`RunInterrupted` saying where the state is."""
+    (with a ``state_file``), then, on a stop, end the run with :class:`RunInterrupted` saying where the state is and
+    how to continue (``to_continue``)."""
     checkpoint_due = checkpoint_every > 0 and done % checkpoint_every == 0
     if state_file is not None and (checkpoint_due or stop.requested):
         save_state(done)
     if stop.requested:
         progress.close()
-        where = (f"its state is in {state_file}: rerun the same command with --resume to continue"
+        where = (f"its state is in {state_file}: {to_continue} to continue"
                  if state_file is not None else "nothing was saved")
         raise RunInterrupted(f"{what} stopped at step {done} of {total} ({stop.reason}); {where}")
 
