@@ -25,11 +25,15 @@ DOCUMENTED_RUNS = ["world-v4", "world-v5p", "world-v6", "world-v7s8b", "world-v9
 PLACES = {"output_dir", "state_dir", "device"}
 
 
-def parse_args(argv):
-    spec = importlib.util.spec_from_file_location("train_world_model", ROOT / "scripts" / "train_world_model.py")
+def script_module(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.parse_args(argv)
+    return module
+
+
+def parse_args(argv):
+    return script_module("train_world_model").parse_args(argv)
 
 
 def dry_run(tmp_path, **env):
@@ -46,16 +50,15 @@ def is_link(line):
     return "scripts/train_world_model.py" in line and "--evaluate_only" not in line
 
 
-def training_args(line):
+def training_args(line, script="scripts/train_world_model.py"):
     words = shlex.split(line)
-    return words[words.index("scripts/train_world_model.py") + 1:]
+    return words[words.index(script) + 1:]
 
 
-def documented_command(run):
-    """The docs' training command for runs/<run>, its continuation lines joined."""
+def documented_command(run, script="scripts/train_world_model.py", flag="--output_dir"):
+    """The docs' ``script`` command whose ``flag`` is runs/<run>, its continuation lines joined."""
     lines = DOCS.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines)
-                 if "scripts/train_world_model.py" in line and re.search(rf"--output_dir runs/{run}\s", line))
+    start = next(i for i, line in enumerate(lines) if script in line and re.search(rf"{flag} runs/{run}\s", line))
     command = lines[start]
     while command.endswith("\\"):
         start += 1
@@ -113,24 +116,10 @@ def test_the_decoder_refinement_is_the_documented_one(tmp_path):
     lines = dry_run(tmp_path)
     refine = next(line for line in lines if "scripts/refine_world_decoder.py" in line)
     evaluate = next(line for line in lines if "--evaluate_only" in line)
-    spec = importlib.util.spec_from_file_location("refine_world_decoder", ROOT / "scripts" / "refine_world_decoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    def refine_args(line):
-        words = shlex.split(line)
-        return module.parse_args(words[words.index("scripts/refine_world_decoder.py") + 1:])
-
-    ours = refine_args(refine)
-    documented = next(line for line in DOCS.read_text().splitlines()
-                      if "scripts/refine_world_decoder.py" in line and "--model_dir runs/world-chain/44000-all " in line)
-    command = documented
-    following = DOCS.read_text().splitlines()
-    index = following.index(documented)
-    while command.endswith("\\"):
-        index += 1
-        command = command[:-1] + " " + following[index].strip()
-    theirs = refine_args(command)
+    script = "scripts/refine_world_decoder.py"
+    parse = script_module("refine_world_decoder").parse_args
+    ours = parse(training_args(refine, script))
+    theirs = parse(training_args(documented_command("world-chain/44000-all", script, "--model_dir"), script))
     places = {"model_dir", "output_dir", "device", "threads"}
     assert {k: v for k, v in vars(ours).items() if k not in places} == \
         {k: v for k, v in vars(theirs).items() if k not in places}
